@@ -1,0 +1,1 @@
+"""fgir: fine-grained image recognition with vision transformers."""

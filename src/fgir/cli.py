@@ -1,0 +1,112 @@
+"""`fgir <verb>`: a thin layer over the library. Every verb parses its arguments, builds a config
+and calls one library function; anything it does is reachable from Python."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from fgir.config import ConfigError, load_config
+
+USAGE_OVERRIDES = "config overrides as dotted key=value pairs, e.g. train.lr=0.01 data.image_size=448"
+
+
+def _split_config_and_overrides(items: list[str]) -> tuple[str | None, list[str]]:
+    """The first item is a YAML file unless it looks like an override (key=value)."""
+    if items and "=" not in items[0]:
+        return items[0], items[1:]
+    return None, items
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from fgir.engine.trainer import train
+
+    path, overrides = _split_config_and_overrides(args.items)
+    config = load_config(path, overrides)
+    result = train(config, progress=not args.no_progress)
+    print(f"run directory: {result.run_dir}")
+    print(f"checkpoint:    {result.checkpoint}")
+    print(f"predict with:  fgir predict {result.checkpoint} <image or folder>")
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from fgir.tools.eval_report import evaluate_checkpoint
+
+    report = evaluate_checkpoint(args.checkpoint, split=args.split, data_overrides=args.overrides,
+                                 out_dir=args.out, device=args.device, batch_size=args.batch_size,
+                                 progress=not args.no_progress)
+    print(json.dumps(report, indent=1))
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from fgir.tools.predictor import Predictor, format_predictions
+
+    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device)
+    predictions = predictor.predict(args.images, topk=args.topk)
+    print(format_predictions(predictions, as_json=args.json))
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from fgir.tools.bench import benchmark_target
+
+    result = benchmark_target(args.target, args.overrides, device=args.device, batch_size=args.batch_size,
+                              precision=args.precision)
+    text = json.dumps(result, indent=1)
+    if args.out:
+        from fgir.fileio import atomic_write_text
+
+        atomic_write_text(args.out, text + "\n")
+    print(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fgir", description="Fine-grained image recognition with vision transformers.")
+    verbs = parser.add_subparsers(dest="verb", required=True)
+
+    p = verbs.add_parser("train", help="train a model from a YAML recipe")
+    p.add_argument("items", nargs="*", metavar="CONFIG [KEY=VALUE ...]", help=f"a YAML recipe, then {USAGE_OVERRIDES}")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (logs stay)")
+    p.set_defaults(func=cmd_train)
+
+    p = verbs.add_parser("eval", help="score a checkpoint on a dataset split: metrics, predictions, confusion matrix")
+    p.add_argument("checkpoint", help="a checkpoint file or a run directory (its best checkpoint)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="data.* overrides, e.g. data.root=/data/cub")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    p.add_argument("--out", help="output folder (default: <run>/eval-<split>)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
+    p = verbs.add_parser("predict", help="top-k classes for images or folders of images")
+    p.add_argument("checkpoint", help="a checkpoint file or a run directory")
+    p.add_argument("images", nargs="+", help="image files or folders")
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--json", action="store_true", help="JSON instead of a table")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_predict)
+
+    p = verbs.add_parser("bench", help="parameters, FLOPs, throughput, latency and memory of a model")
+    p.add_argument("target", help="a YAML recipe or a checkpoint")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=USAGE_OVERRIDES)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
+    p.add_argument("--out", help="also write the JSON here")
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ConfigError, FileNotFoundError, FileExistsError) as err:
+        print(f"fgir {args.verb}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

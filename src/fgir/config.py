@@ -1,0 +1,318 @@
+"""Typed run configuration: dataclass schema, YAML composition and command-line overrides.
+
+Precedence, lowest to highest: schema defaults < included YAML files < the including YAML file <
+command-line dotlist (`train.lr=0.01`). A YAML file may list other files under `include:` (paths
+relative to itself); later entries override earlier ones and the including file overrides them all.
+Unknown keys and values of the wrong type are errors that name the key and suggest the nearest one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from fgir.fileio import atomic_write_text
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the offending key or file."""
+
+
+@dataclass
+class SyntheticConfig:
+    """The built-in fine-grained set (see fgir.data.synthetic); generated into `data.root`."""
+
+    seed: int = 0
+    num_classes: int = 10
+    train_per_class: int = 48
+    val_per_class: int = 12
+    test_per_class: int = 24
+    image_size: int = 64
+
+
+@dataclass
+class DataConfig:
+    name: str = "synthetic"
+    # csv: `class_id,dir` with header; labels: headerless `class_id,path` (DAF:re);
+    # folder: one sub-folder per class; synthetic: generated into `root`, then read as csv.
+    format: str = "synthetic"
+    root: str = "data/synthetic"
+    image_dir: str = "."
+    train: str = "train.csv"
+    val: str | None = "val.csv"
+    test: str | None = "test.csv"
+    class_names: str | None = None
+    num_classes: int | None = None
+    image_size: int = 224
+    # Train and test images are first resized to a square of round(resize_ratio * image_size)
+    # (300 for 224, as in the GLSim recipe), then cropped.
+    resize_ratio: float = 1.34
+    augment: str = "weak"  # weak | medium | strong
+    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    random_erasing: float = 0.3  # medium and strong presets only
+    mixup_alpha: float = 0.8  # strong preset only
+    cutmix_alpha: float = 1.0  # strong preset only
+    batch_size: int = 8
+    eval_batch_size: int = 64
+    num_workers: int = -1  # -1: chosen from the machine
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class ModelConfig:
+    method: str = "vit"
+    backbone: str = "vit_base_patch16_224.orig_in21k"
+    pretrained: bool = True
+    # A local weight file (.safetensors/.pth/.bin/.npz) or directory; None: the Hugging Face hub.
+    weights: str | None = None
+    # Extra keyword arguments for timm.create_model (e.g. depth, embed_dim for tiny test models).
+    backbone_args: dict[str, Any] = field(default_factory=dict)
+    drop_path: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 50
+    optimizer: str = "sgd"  # sgd (Nesterov) | adamw
+    lr: float = 0.01
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 0.0
+    warmup_steps: int = 500
+    warmup_lr: float = 1e-6
+    min_lr: float = 1e-5
+    label_smoothing: float = 0.0
+    grad_clip: float = 1.0  # max gradient norm; 0 disables
+    grad_accum_steps: int = 1
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    eval_every: int = 1  # epochs between validation passes
+    seed: int = 1
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    resume: str | None = None  # a run directory to continue
+    output_dir: str = "runs"
+    run_name: str | None = None
+    log_every: int = 10  # steps between scalar logs
+    tensorboard: bool = True
+    wandb: bool = False
+    wandb_project: str = "fgir"
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+CHOICES = {
+    "data.format": ("csv", "labels", "folder", "synthetic"),
+    "data.augment": ("weak", "medium", "strong"),
+    "train.optimizer": ("sgd", "adamw"),
+    "train.precision": ("auto", "fp32", "bf16", "fp16"),
+}
+
+
+def _schema_keys(schema: type, prefix: str = "") -> dict[str, Any]:
+    """Dotted key -> dataclass field type, for every key the schema accepts."""
+    keys: dict[str, Any] = {}
+    for f in dataclasses.fields(schema):
+        dotted = f"{prefix}{f.name}"
+        keys[dotted] = f.type
+        nested = _nested_dataclass(schema, f.name)
+        if nested is not None:
+            keys.update(_schema_keys(nested, dotted + "."))
+    return keys
+
+
+def _nested_dataclass(schema: type, name: str) -> type | None:
+    default = next(f for f in dataclasses.fields(schema) if f.name == name)
+    if default.default_factory is not dataclasses.MISSING:
+        value = default.default_factory()
+        if dataclasses.is_dataclass(value):
+            return type(value)
+    return None
+
+
+def _free_form_keys(schema: type, prefix: str = "") -> set[str]:
+    """Keys whose value is a free-form mapping (any sub-key allowed)."""
+    out = set()
+    for f in dataclasses.fields(schema):
+        dotted = f"{prefix}{f.name}"
+        nested = _nested_dataclass(schema, f.name)
+        if nested is not None:
+            out |= _free_form_keys(nested, dotted + ".")
+        elif str(f.type).startswith("dict"):
+            out.add(dotted)
+    return out
+
+
+VALID_KEYS = _schema_keys(Config)
+FREE_FORM = _free_form_keys(Config)
+
+
+def _unknown_key_error(key: str, origin: str) -> ConfigError:
+    parent = key.rsplit(".", 1)[0] if "." in key else ""
+    siblings = [k for k in VALID_KEYS if (k.rsplit(".", 1)[0] if "." in k else "") == parent]
+    close = difflib.get_close_matches(key, siblings, n=1, cutoff=0.5) or difflib.get_close_matches(
+        key, list(VALID_KEYS), n=1, cutoff=0.6
+    )
+    hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys here: {', '.join(sorted(siblings))}"
+    return ConfigError(f"unknown config key '{key}' ({origin}){hint}")
+
+
+def _check_keys(tree: Any, origin: str, prefix: str = "") -> None:
+    if not isinstance(tree, dict):
+        return
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if dotted not in VALID_KEYS:
+            raise _unknown_key_error(dotted, origin)
+        if dotted not in FREE_FORM:
+            _check_keys(value, origin, dotted + ".")
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[str, dict]]:
+    """The file and everything it includes, as (origin, mapping) pairs, lowest precedence first."""
+    path = path.resolve()
+    if path in seen:
+        chain = " -> ".join(str(p) for p in (*seen, path))
+        raise ConfigError(f"include cycle: {chain}")
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: invalid YAML: {err}") from err
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(tree).__name__}")
+    includes = tree.pop("include", []) or []
+    if isinstance(includes, str):
+        includes = [includes]
+    layers: list[tuple[str, dict]] = []
+    for inc in includes:
+        layers += _read_yaml(path.parent / inc, (*seen, path))
+    layers.append((str(path), tree))
+    return layers
+
+
+def _dotlist_to_tree(overrides: list[str]) -> list[tuple[str, dict]]:
+    layers = []
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"command-line override '{item}' is not of the form key=value")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw != "" else None
+        tree: dict = {}
+        node = tree
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+        layers.append((f"command line '{item}'", tree))
+    return layers
+
+
+def _merge_layer(base: DictConfig, origin: str, tree: dict) -> DictConfig:
+    _check_keys(tree, origin)
+    try:
+        return OmegaConf.merge(base, tree)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "?"
+        expected = VALID_KEYS.get(key, "?")
+        raise ConfigError(
+            f"bad value for config key '{key}' ({origin}): expected {expected}; {err.msg if hasattr(err, 'msg') else err}"
+        ) from None
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Config:
+    """Build a validated Config from an optional YAML file and `key=value` overrides."""
+    layers = _read_yaml(Path(path)) if path is not None else []
+    layers += _dotlist_to_tree(list(overrides or []))
+    cfg = OmegaConf.structured(Config)
+    for origin, tree in layers:
+        cfg = _merge_layer(cfg, origin, tree)
+    config: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    validate(config)
+    return config
+
+
+def validate(config: Config) -> None:
+    """Reject values no run could use, before any work starts."""
+    for key, allowed in CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        if value not in allowed:
+            close = difflib.get_close_matches(str(value), allowed, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"config key '{key}' must be one of {', '.join(allowed)}, got '{value}'{hint}")
+    positive = {
+        "train.lr": config.train.lr,
+        "train.epochs": config.train.epochs,
+        "train.grad_accum_steps": config.train.grad_accum_steps,
+        "train.eval_every": config.train.eval_every,
+        "data.image_size": config.data.image_size,
+        "data.batch_size": config.data.batch_size,
+        "data.eval_batch_size": config.data.eval_batch_size,
+        "data.resize_ratio": config.data.resize_ratio,
+    }
+    for key, value in positive.items():
+        if not value > 0:
+            raise ConfigError(f"config key '{key}' must be > 0, got {value}")
+    non_negative = {
+        "train.warmup_steps": config.train.warmup_steps,
+        "train.weight_decay": config.train.weight_decay,
+        "train.grad_clip": config.train.grad_clip,
+        "train.min_lr": config.train.min_lr,
+        "train.warmup_lr": config.train.warmup_lr,
+    }
+    for key, value in non_negative.items():
+        if value < 0:
+            raise ConfigError(f"config key '{key}' must be >= 0, got {value}")
+    if not 0 <= config.train.label_smoothing < 1:
+        raise ConfigError(f"config key 'train.label_smoothing' must be in [0, 1), got {config.train.label_smoothing}")
+    if config.data.resize_ratio < 1:
+        raise ConfigError(f"config key 'data.resize_ratio' must be >= 1 (resize, then crop), got {config.data.resize_ratio}")
+    if len(config.data.mean) != 3 or len(config.data.std) != 3:
+        raise ConfigError("config keys 'data.mean' and 'data.std' must have 3 values (RGB)")
+
+
+def to_dict(config: Config) -> dict:
+    return OmegaConf.to_container(OmegaConf.structured(config), resolve=True)  # type: ignore[return-value]
+
+
+def from_dict(tree: dict, origin: str = "checkpoint") -> Config:
+    cfg = _merge_layer(OmegaConf.structured(Config), origin, tree)
+    config: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    validate(config)
+    return config
+
+
+def save_config(config: Config, path: str | os.PathLike) -> None:
+    atomic_write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False))
+
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "ModelConfig",
+    "SyntheticConfig",
+    "TrainConfig",
+    "from_dict",
+    "load_config",
+    "save_config",
+    "to_dict",
+    "validate",
+]

@@ -1,0 +1,37 @@
+"""Optimizers and the per-step learning-rate schedule of the papers' recipes."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from fgir.config import TrainConfig
+
+
+def build_optimizer(model: nn.Module, train: TrainConfig) -> torch.optim.Optimizer:
+    """SGD (Nesterov) or AdamW over the parameters that require gradients. Biases and norm/1-D
+    parameters (and tokens, position embeddings) get no weight decay, as usual for ViTs."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if param.ndim <= 1 or name.endswith(("cls_token", "pos_embed", "reg_token")) else decay).append(param)
+    groups = [{"params": decay, "weight_decay": train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if train.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=train.lr, momentum=train.momentum, nesterov=train.nesterov and train.momentum > 0)
+    return torch.optim.AdamW(groups, lr=train.lr)
+
+
+def lr_at(step: int, total_steps: int, train: TrainConfig) -> float:
+    """Linear warm-up from warmup_lr to lr over warmup_steps, then cosine decay to min_lr."""
+    if step < train.warmup_steps:
+        return train.warmup_lr + (train.lr - train.warmup_lr) * step / train.warmup_steps
+    decay_steps = max(1, total_steps - train.warmup_steps)
+    progress = min(1.0, (step - train.warmup_steps) / decay_steps)
+    return train.min_lr + 0.5 * (train.lr - train.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, train: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_at(step, total_steps, train) / train.lr)

@@ -1,0 +1,20 @@
+"""The plain ViT classifier (method `vit`): backbone -> pooled token -> linear head."""
+
+from __future__ import annotations
+
+import torch
+from fgir.models.backbone import Backbone
+from torch import nn
+
+from fgir.models.heads import LinearHead
+
+
+class ViTClassifier(nn.Module):
+    def __init__(self, backbone: Backbone, num_classes: int):
+        super().__init__()
+        self.backbone = backbone
+        self.head = LinearHead(backbone.embed_dim, num_classes)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        tokens = self.backbone.forward_features(images)
+        return self.head(self.backbone.pool(tokens))

@@ -1,0 +1,44 @@
+"""Method name -> model. Each method module registers a builder here; the engine only calls
+`build_model` and never looks inside a method."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+
+from fgir.models.backbone import Backbone
+from torch import nn
+
+from fgir.config import ConfigError, ModelConfig
+from fgir.models.classifier import ViTClassifier
+
+Builder = Callable[[Backbone, int, ModelConfig], nn.Module]
+
+
+def _build_vit(backbone: Backbone, num_classes: int, model: ModelConfig) -> nn.Module:
+    return ViTClassifier(backbone, num_classes)
+
+
+METHODS: dict[str, Builder] = {"vit": _build_vit}
+
+
+def build_backbone(model: ModelConfig, image_size: int, pretrained: bool | None = None) -> Backbone:
+    return Backbone.create(
+        model.backbone,
+        pretrained=model.pretrained if pretrained is None else pretrained,
+        weights=model.weights,
+        img_size=image_size,
+        drop_path_rate=model.drop_path,
+        **model.backbone_args,
+    )
+
+
+def build_model(model: ModelConfig, num_classes: int, image_size: int, pretrained: bool | None = None) -> nn.Module:
+    """Build the method named by `model.method`. `pretrained=False` skips weight loading (used when
+    a checkpoint will overwrite every weight anyway)."""
+    if model.method not in METHODS:
+        close = difflib.get_close_matches(model.method, list(METHODS), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"unknown method model.method='{model.method}' (known: {', '.join(METHODS)}){hint}")
+    backbone = build_backbone(model, image_size, pretrained)
+    return METHODS[model.method](backbone, num_classes, model)

@@ -1,0 +1,63 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fgir.config import TrainConfig
+from fgir.engine.losses import classification_loss
+from fgir.engine.metrics import classification_metrics, confusion_matrix, topk_accuracy
+from fgir.engine.optim import build_optimizer, build_scheduler, lr_at
+
+
+def test_schedule_warms_up_linearly_then_follows_a_cosine_to_min_lr():
+    train = TrainConfig(lr=0.01, warmup_steps=10, warmup_lr=1e-6, min_lr=1e-5)
+    assert lr_at(0, 110, train) == pytest.approx(1e-6)
+    assert lr_at(5, 110, train) == pytest.approx(1e-6 + (0.01 - 1e-6) / 2)
+    assert lr_at(10, 110, train) == pytest.approx(0.01)
+    assert lr_at(60, 110, train) == pytest.approx(1e-5 + 0.5 * (0.01 - 1e-5))
+    assert lr_at(110, 110, train) == pytest.approx(1e-5)
+
+
+def test_scheduler_drives_the_optimizer_per_step():
+    train = TrainConfig(lr=0.1, warmup_steps=2, warmup_lr=0.0, min_lr=0.0)
+    model = torch.nn.Linear(2, 2)
+    optimizer = build_optimizer(model, train)
+    scheduler = build_scheduler(optimizer, 4, train)
+    seen = []
+    for _ in range(4):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    expected = [0.0, 0.05, 0.1, 0.1 * 0.5 * (1 + math.cos(math.pi / 2))]
+    assert seen == pytest.approx(expected)
+
+
+def test_no_weight_decay_on_biases_and_norms():
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.LayerNorm(2))
+    optimizer = build_optimizer(model, TrainConfig(weight_decay=0.05, optimizer="adamw"))
+    decayed, plain = optimizer.param_groups
+    assert [p.shape for p in decayed["params"]] == [torch.Size([2, 2])] and decayed["weight_decay"] == 0.05
+    assert len(plain["params"]) == 3 and plain["weight_decay"] == 0.0
+
+
+def test_soft_target_loss_equals_hard_loss_for_one_hot_targets():
+    logits, labels = torch.randn(6, 4), torch.tensor([0, 1, 2, 3, 0, 1])
+    one_hot = F.one_hot(labels, 4).float()
+    for eps in (0.0, 0.1):
+        assert classification_loss(logits, one_hot, eps).item() == pytest.approx(
+            classification_loss(logits, labels, eps).item(), abs=1e-6)
+
+
+def test_metrics_against_hand_counts():
+    logits = torch.tensor([[3.0, 2, 1], [1, 3, 2], [3, 1, 2], [1, 2, 3]])
+    labels = torch.tensor([0, 2, 2, 2])
+    assert topk_accuracy(logits, labels, 1) == 0.5
+    assert topk_accuracy(logits, labels, 2) == 1.0
+    confusion = confusion_matrix(logits.argmax(1), labels, 3)
+    assert confusion.tolist() == [[1, 0, 0], [0, 0, 0], [1, 1, 1]]
+    metrics = classification_metrics(logits, labels)
+    # class 0: 1/1, class 2: 1/3, class 1 absent and ignored
+    assert metrics["mean_class_acc"] == pytest.approx(100 * (1 + 1 / 3) / 2)
+    assert metrics["std_class_acc"] == pytest.approx(100 * (1 - 1 / 3) / 2)
+    assert metrics["top5"] == 100.0 and metrics["num_samples"] == 4
