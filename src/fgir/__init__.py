@@ -1,1 +1,17 @@
-"""fgir: fine-grained image recognition with vision transformers."""
+"""fgir: fine-grained and ultra-fine-grained image recognition with vision transformers.
+
+    import fgir
+    model = fgir.load("runs/my-run")          # a run directory or a checkpoint file
+    model.predict("bird.jpg", topk=5)
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+
+def load(path: str, device: str = "auto"):
+    """A ready-to-use predictor from a checkpoint file or run directory (no dataset needed)."""
+    from fgir.tools.predictor import Predictor
+
+    return Predictor.from_checkpoint(path, device=device)

@@ -7,7 +7,8 @@ import argparse
 import json
 import sys
 
-from fgir.config import ConfigError, load_config
+from fgir.config import load_config
+from fgir.errors import FgirError
 
 USAGE_OVERRIDES = "config overrides as dotted key=value pairs, e.g. train.lr=0.01 data.image_size=448"
 
@@ -24,7 +25,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     path, overrides = _split_config_and_overrides(args.items)
     config = load_config(path, overrides)
-    result = train(config, progress=not args.no_progress)
+    result = train(config, progress=not args.no_progress, stop_after_epochs=args.stop_after_epochs)
     print(f"run directory: {result.run_dir}")
     print(f"checkpoint:    {result.checkpoint}")
     print(f"predict with:  fgir predict {result.checkpoint} <image or folder>")
@@ -34,15 +35,15 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from fgir.tools.eval_report import evaluate_checkpoint
 
     report = evaluate_checkpoint(args.checkpoint, split=args.split, data_overrides=args.overrides,
-                                 out_dir=args.out, device=args.device, batch_size=args.batch_size,
-                                 progress=not args.no_progress)
+                                 out_dir=args.out, device=args.device, precision=args.precision,
+                                 batch_size=args.batch_size, progress=not args.no_progress)
     print(json.dumps(report, indent=1))
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
     from fgir.tools.predictor import Predictor, format_predictions
 
-    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device)
+    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, batch_size=args.batch_size)
     predictions = predictor.predict(args.images, topk=args.topk)
     print(format_predictions(predictions, as_json=args.json))
 
@@ -51,7 +52,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     from fgir.tools.bench import benchmark_target
 
     result = benchmark_target(args.target, args.overrides, device=args.device, batch_size=args.batch_size,
-                              precision=args.precision)
+                              precision=args.precision, warmup=args.warmup, iters=args.iters)
     text = json.dumps(result, indent=1)
     if args.out:
         from fgir.fileio import atomic_write_text
@@ -67,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("train", help="train a model from a YAML recipe")
     p.add_argument("items", nargs="*", metavar="CONFIG [KEY=VALUE ...]", help=f"a YAML recipe, then {USAGE_OVERRIDES}")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs stay)")
+    p.add_argument("--stop-after-epochs", type=int, metavar="N",
+                   help="end this call after N epochs (e.g. a job's time limit); continue later with train.resume=<run dir>")
     p.set_defaults(func=cmd_train)
 
     p = verbs.add_parser("eval", help="score a checkpoint on a dataset split: metrics, predictions, confusion matrix")
@@ -76,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default: <run>/eval-<split>)")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int)
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_eval)
 
@@ -85,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--json", action="store_true", help="JSON instead of a table")
     p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=32)
     p.set_defaults(func=cmd_predict)
 
     p = verbs.add_parser("bench", help="parameters, FLOPs, throughput, latency and memory of a model")
@@ -93,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
+    p.add_argument("--warmup", type=int, default=2, help="untimed iterations first")
+    p.add_argument("--iters", type=int, default=5, help="timed iterations")
     p.add_argument("--out", help="also write the JSON here")
     p.set_defaults(func=cmd_bench)
     return parser
@@ -102,9 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ConfigError, FileNotFoundError, FileExistsError) as err:
+    except (FgirError, FileNotFoundError, FileExistsError) as err:
         print(f"fgir {args.verb}: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
     return 0
 
 

@@ -19,13 +19,14 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from fgir.errors import FgirError
 from fgir.fileio import atomic_write_text
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class ConfigError(ValueError):
+class ConfigError(FgirError, ValueError):
     """A configuration that cannot be used; the message names the offending key or file."""
 
 
@@ -236,16 +237,23 @@ def _merge_layer(base: DictConfig, origin: str, tree: dict) -> DictConfig:
         ) from None
 
 
+def _compose(base: DictConfig, layers: list[tuple[str, dict]]) -> Config:
+    for origin, tree in layers:
+        base = _merge_layer(base, origin, tree)
+    config: Config = OmegaConf.to_object(base)  # type: ignore[assignment]
+    validate(config)
+    return config
+
+
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Config:
     """Build a validated Config from an optional YAML file and `key=value` overrides."""
     layers = _read_yaml(Path(path)) if path is not None else []
-    layers += _dotlist_to_tree(list(overrides or []))
-    cfg = OmegaConf.structured(Config)
-    for origin, tree in layers:
-        cfg = _merge_layer(cfg, origin, tree)
-    config: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]
-    validate(config)
-    return config
+    return _compose(OmegaConf.structured(Config), layers + _dotlist_to_tree(list(overrides or [])))
+
+
+def apply_overrides(config: Config, overrides: list[str]) -> Config:
+    """`key=value` overrides on top of an existing config, checked as on the command line."""
+    return _compose(OmegaConf.structured(config), _dotlist_to_tree(overrides))
 
 
 def validate(config: Config) -> None:
@@ -293,10 +301,7 @@ def to_dict(config: Config) -> dict:
 
 
 def from_dict(tree: dict, origin: str = "checkpoint") -> Config:
-    cfg = _merge_layer(OmegaConf.structured(Config), origin, tree)
-    config: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]
-    validate(config)
-    return config
+    return _compose(OmegaConf.structured(Config), [(origin, tree)])
 
 
 def save_config(config: Config, path: str | os.PathLike) -> None:
@@ -310,6 +315,7 @@ __all__ = [
     "ModelConfig",
     "SyntheticConfig",
     "TrainConfig",
+    "apply_overrides",
     "from_dict",
     "load_config",
     "save_config",

@@ -23,13 +23,14 @@ from torch import nn
 
 from fgir.config import Config, from_dict, to_dict
 from fgir.engine.state_io import flatten, unflatten
+from fgir.errors import FgirError
 from fgir.fileio import atomic_path
 
 FORMAT = "fgir-checkpoint/1"
 TRAIN_STATE = "train_state"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(FgirError, ValueError):
     """A checkpoint that cannot be read or does not fit the model; the message names the file."""
 
 

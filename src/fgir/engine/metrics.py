@@ -11,7 +11,7 @@ def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
         return float("nan")
     k = min(k, logits.shape[1])
     hits = (logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1)
-    return hits.float().mean().item()
+    return hits.double().mean().item()
 
 
 def confusion_matrix(predictions: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -55,7 +55,9 @@ def make_run_dir(config: Config) -> Path:
     return run_dir
 
 
-def train(config: Config, progress: bool = True) -> RunResult:
+def train(config: Config, progress: bool = True, stop_after_epochs: int | None = None) -> RunResult:
+    """Run (or resume) the recipe. `stop_after_epochs` ends this call early, e.g. to fit a job's time
+    limit; the schedule still spans `train.epochs` and `train.resume` continues the run later."""
     seed_everything(config.train.seed)
     device = resolve_device(config.train.device)
     dtype = resolve_precision(config.train.precision, device)
@@ -94,7 +96,8 @@ def train(config: Config, progress: bool = True) -> RunResult:
     log = RunLog(run_dir, config)
     ckpt_dir = run_dir / "checkpoints"
     try:
-        for epoch in range(start_epoch, config.train.epochs):
+        end_epoch = config.train.epochs if stop_after_epochs is None else min(config.train.epochs, start_epoch + stop_after_epochs)
+        for epoch in range(start_epoch, end_epoch):
             train_loader.sampler.set_epoch(epoch)
             row, global_step = train_one_epoch(model, train_loader, optimizer, scheduler, scaler, batch_mix,
                                                config, device, dtype, epoch, global_step, log, progress)
@@ -116,7 +119,9 @@ def train(config: Config, progress: bool = True) -> RunResult:
                             global_step=global_step, metrics=row, train_state=train_state)
     finally:
         log.close()
-
+    if end_epoch < config.train.epochs:
+        print(f"stopped after epoch {end_epoch}/{config.train.epochs}; continue with train.resume={run_dir}")
+        return RunResult(run_dir, ckpt_dir / "last.safetensors", None, None)
     return finish(run_dir, config, model, device, dtype, progress)
 
 

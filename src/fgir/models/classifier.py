@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import torch
-from fgir.models.backbone import Backbone
 from torch import nn
 
+from fgir.models.backbone import Backbone
 from fgir.models.heads import LinearHead
 
 

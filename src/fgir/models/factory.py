@@ -6,10 +6,10 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable
 
-from fgir.models.backbone import Backbone
 from torch import nn
 
 from fgir.config import ConfigError, ModelConfig
+from fgir.models.backbone import Backbone
 from fgir.models.classifier import ViTClassifier
 
 Builder = Callable[[Backbone, int, ModelConfig], nn.Module]

@@ -1,0 +1,1 @@
+"""Models: the ViT backbone and its weight sources, heads, and the methods built around them."""

@@ -1,0 +1,132 @@
+"""Top-k predictions for images, folders or in-memory PIL images from a checkpoint alone.
+
+    predictor = Predictor.from_checkpoint("runs/cub-vit")  # or fgir.load(...)
+    for prediction in predictor.predict("photos/", topk=3):
+        print(prediction.image, prediction.topk[0].class_name)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch import nn
+
+from fgir.config import DataConfig
+from fgir.data import build_transform, read_image
+from fgir.data.readers import IMAGE_EXTENSIONS
+from fgir.engine.checkpoint import restore_model
+from fgir.engine.device import autocast, resolve_device, resolve_precision
+
+ImageInput = Image.Image | str | os.PathLike
+
+
+@dataclass(frozen=True)
+class ClassScore:
+    class_id: int
+    class_name: str
+    probability: float
+
+
+@dataclass(frozen=True)
+class Prediction:
+    image: str  # the file path, or "<image i>" for the i-th in-memory image of the call
+    topk: list[ClassScore]  # most probable first
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Predictor:
+    """A model with its class names and test transform, ready to classify images."""
+
+    def __init__(self, model: nn.Module, class_names: list[str], data: DataConfig, device: torch.device,
+                 dtype: torch.dtype | None = None, batch_size: int = 32):
+        self.model = model.eval()
+        self.class_names = list(class_names)
+        self.transform: Callable[[Image.Image], torch.Tensor] = build_transform(data, train=False)
+        self.device = device
+        self.dtype = dtype
+        self.batch_size = batch_size
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, device: str = "auto", precision: str = "auto",
+                        batch_size: int = 32) -> Predictor:
+        """Load a checkpoint file or run directory; the dataset need not exist."""
+        torch_device = resolve_device(device)
+        model, checkpoint = restore_model(path, torch_device)
+        return cls(model, checkpoint.class_names, checkpoint.config.data, torch_device,
+                   resolve_precision(precision, torch_device), batch_size)
+
+    def predict(self, images: ImageInput | Iterable[ImageInput], topk: int = 5) -> list[Prediction]:
+        """Top-k classes of each image; a folder stands for its image files (recursively, sorted)."""
+        if topk < 1:
+            raise ValueError(f"topk must be >= 1, got {topk}")
+        k = min(topk, len(self.class_names))
+        sources = list(expand_inputs(images))
+        predictions: list[Prediction] = []
+        for start in range(0, len(sources), self.batch_size):
+            batch = sources[start:start + self.batch_size]
+            probabilities = self.probabilities(torch.stack([self.transform(open_image(item)) for _, item in batch]))
+            top = probabilities.topk(k, dim=1)
+            for (name, _), values, indices in zip(batch, top.values.tolist(), top.indices.tolist(), strict=True):
+                scores = [ClassScore(i, self.class_names[i], p) for i, p in zip(indices, values, strict=True)]
+                predictions.append(Prediction(name, scores))
+        return predictions
+
+    @torch.inference_mode()
+    def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
+        """Softmax over classes of a batch of already transformed images, on the CPU."""
+        with autocast(self.device, self.dtype):
+            logits = self.model(batch.to(self.device))
+        return logits.float().softmax(dim=1).cpu()
+
+
+def expand_inputs(images: ImageInput | Iterable[ImageInput]) -> Iterator[tuple[str, ImageInput]]:
+    """(display name, image or file path) pairs; folders are replaced by their image files."""
+    if isinstance(images, Image.Image | str | os.PathLike):
+        images = [images]
+    for index, item in enumerate(images):
+        if isinstance(item, Image.Image):
+            yield f"<image {index}>", item
+        elif Path(item).is_dir():
+            files = image_files(Path(item))
+            if not files:
+                raise FileNotFoundError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in folder {item}")
+            yield from ((str(file), file) for file in files)
+        else:
+            yield str(item), Path(item)
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Image files under `folder`, recursively, sorted; hidden files skipped (e.g. macOS `._x.jpg`)."""
+    return sorted(p for p in folder.rglob("*")
+                  if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file())
+
+
+def open_image(item: ImageInput) -> Image.Image:
+    # Files go through read_image: orientation, 16-bit and alpha handled; errors name the file.
+    return item.convert("RGB") if isinstance(item, Image.Image) else read_image(item)
+
+
+def format_predictions(predictions: list[Prediction], as_json: bool = False) -> str:
+    """JSON (a list of {image, topk: [{class_id, class_name, probability}]}) or an aligned table."""
+    if as_json:
+        return json.dumps([p.to_dict() for p in predictions], indent=1)
+    header = ("image", "rank", "class", "probability")
+    rows = [
+        (p.image if rank == 1 else "", str(rank), score.class_name, f"{100 * score.probability:.2f}%")
+        for p in predictions
+        for rank, score in enumerate(p.topk, start=1)
+    ]
+    widths = [max(len(row[col]) for row in [header, *rows]) for col in range(len(header))]
+    lines = [
+        f"{image:<{widths[0]}}  {rank:>{widths[1]}}  {name:<{widths[2]}}  {prob:>{widths[3]}}".rstrip()
+        for image, rank, name, prob in [header, *rows]
+    ]
+    return "\n".join(lines)

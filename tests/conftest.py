@@ -1,0 +1,48 @@
+"""Shared fixtures: a tiny ViT and a tiny synthetic dataset so end-to-end tests run in seconds."""
+
+import pytest
+import torch
+
+from fgir.config import load_config
+
+TINY_VIT = "model.backbone_args={patch_size: 8, embed_dim: 32, depth: 2, num_heads: 2}"
+
+
+def tiny_overrides(tmp_path, *extra: str) -> list[str]:
+    return [
+        "model.backbone=vit_tiny_patch16_224",
+        "model.pretrained=false",
+        TINY_VIT,
+        "data.format=synthetic",
+        f"data.root={tmp_path / 'synthetic'}",
+        "data.synthetic.num_classes=3",
+        "data.synthetic.train_per_class=6",
+        "data.synthetic.val_per_class=2",
+        "data.synthetic.test_per_class=3",
+        "data.synthetic.image_size=40",
+        "data.image_size=32",
+        "data.resize_ratio=1.125",
+        "data.batch_size=4",
+        "data.eval_batch_size=8",
+        "data.num_workers=0",
+        "train.epochs=2",
+        "train.warmup_steps=2",
+        "train.lr=0.01",
+        "train.tensorboard=false",
+        f"train.output_dir={tmp_path / 'runs'}",
+        *extra,
+    ]
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    def make(*extra: str):
+        return load_config(None, tiny_overrides(tmp_path, *extra))
+
+    return make
+
+
+@pytest.fixture(autouse=True)
+def _two_threads():
+    # Bit-identity checks (resume, batch independence) need the same thread count in every run.
+    torch.set_num_threads(2)

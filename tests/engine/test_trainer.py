@@ -1,0 +1,63 @@
+import json
+
+import pytest
+import torch
+
+from fgir.engine.checkpoint import load_checkpoint
+from fgir.engine.trainer import train
+
+
+def weights(path):
+    return load_checkpoint(path).model_state
+
+
+def test_a_run_writes_config_metrics_checkpoints_and_scores_test_once(tiny_config):
+    result = train(tiny_config("train.run_name=r", "train.tensorboard=true"), progress=False)
+    run = result.run_dir
+    assert (run / "config.yaml").is_file() and (run / "tb").is_dir()
+    rows = json.loads((run / "metrics.json").read_text())
+    assert [r["epoch"] for r in rows] == [1, 2] and all("val_top1" in r for r in rows)
+    assert (run / "metrics.csv").read_text().splitlines()[0].startswith("epoch,step,train_loss")
+    best = max(rows, key=lambda r: r["val_top1"])  # first epoch wins ties
+    assert result.checkpoint == run / "checkpoints" / "best.safetensors"
+    assert load_checkpoint(result.checkpoint).epoch == best["epoch"]
+    summary = json.loads((run / "test_metrics.json").read_text())
+    assert summary["test"]["num_samples"] == 9 and summary["epoch"] == best["epoch"]
+
+
+def test_without_a_validation_split_the_last_weights_are_tested(tiny_config):
+    result = train(tiny_config("data.val=null", "train.run_name=r"), progress=False)
+    assert result.checkpoint.name == "last.safetensors" and result.val_metrics is None
+    assert result.test_metrics["num_samples"] == 9
+
+
+def test_resumed_run_ends_bit_identical_to_an_uninterrupted_one(tiny_config):
+    common = ("train.epochs=3", "train.label_smoothing=0.1", "model.drop_path=0.1", "data.augment=medium")
+    full = train(tiny_config(*common, "train.run_name=full"), progress=False)
+    part = train(tiny_config(*common, "train.run_name=part"), progress=False, stop_after_epochs=1)
+    assert load_checkpoint(part.run_dir / "checkpoints" / "last.safetensors").epoch == 1
+    resumed = train(tiny_config(*common, f"train.resume={part.run_dir}"), progress=False)
+    a, b = weights(full.run_dir / "checkpoints" / "last.safetensors"), weights(resumed.run_dir / "checkpoints" / "last.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("train_img_per_s", "epoch_s")} for r in rows]  # noqa: E731
+    assert strip(json.loads((full.run_dir / "metrics.json").read_text())) == strip(
+        json.loads((resumed.run_dir / "metrics.json").read_text()))
+    assert full.test_metrics == resumed.test_metrics
+
+
+def test_gradient_accumulation_and_clipping_run(tiny_config):
+    result = train(tiny_config("train.grad_accum_steps=2", "train.grad_clip=0.5", "train.epochs=1",
+                               "train.optimizer=adamw", "train.lr=0.001", "train.run_name=r"), progress=False)
+    rows = json.loads((result.run_dir / "metrics.json").read_text())
+    assert rows[0]["step"] == 2  # 18 images, batch 4, partial batch dropped -> 4 batches -> 2 steps
+
+
+def test_strong_augmentation_trains_on_mixed_targets(tiny_config):
+    result = train(tiny_config("data.augment=strong", "train.epochs=1", "train.run_name=r"), progress=False)
+    assert result.test_metrics["num_samples"] == 9
+
+
+def test_an_existing_run_is_not_overwritten(tiny_config):
+    train(tiny_config("train.epochs=1", "train.run_name=same"), progress=False)
+    with pytest.raises(FileExistsError, match="train.resume="):
+        train(tiny_config("train.epochs=1", "train.run_name=same"), progress=False)

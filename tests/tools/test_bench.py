@@ -1,0 +1,104 @@
+import json
+import math
+
+import pytest
+import torch
+
+from fgir.config import Config, ConfigError, DataConfig, ModelConfig
+from fgir.engine.checkpoint import save_checkpoint
+from fgir.models.factory import build_model
+from fgir.tools.bench import benchmark, benchmark_target, count_flops
+
+PATCH, DIM, DEPTH, HEADS, IMAGE, CLASSES = 8, 32, 2, 2, 32, 5
+TINY = ModelConfig(method="vit", backbone="vit_tiny_patch16_224", pretrained=False,
+                   backbone_args={"patch_size": PATCH, "embed_dim": DIM, "depth": DEPTH, "num_heads": HEADS})
+QUICK = {"device": "cpu", "batch_size": 2, "warmup": 1, "iters": 2}
+
+
+def tiny_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model(TINY, CLASSES, IMAGE, pretrained=False)
+
+
+def analytic_vit_flops() -> int:
+    """2 FLOPs per multiply-accumulate of every matmul of a ViT forward pass on one image."""
+    patches = (IMAGE // PATCH) ** 2
+    tokens = patches + 1  # + class token
+    patch_embed = patches * (3 * PATCH * PATCH) * DIM
+    block = (tokens * DIM * 3 * DIM  # qkv
+             + 2 * tokens * tokens * DIM  # q k^T and attention @ v, all heads together
+             + tokens * DIM * DIM  # attention output projection
+             + 2 * tokens * DIM * 4 * DIM)  # fc1 and fc2 (MLP ratio 4)
+    head = DIM * CLASSES  # on the pooled class token only
+    return 2 * (patch_embed + DEPTH * block + head)
+
+
+def test_flops_match_an_analytic_count_of_the_matmuls():
+    flops = count_flops(tiny_model(), IMAGE, torch.device("cpu"))
+    # The CPU's fused attention kernel is invisible to FlopCounterMode; without the math backend
+    # the attention matmuls (about 10% here) would be missing.
+    assert flops == pytest.approx(analytic_vit_flops(), rel=0.02)
+    report = benchmark(tiny_model(), image_size=IMAGE, **QUICK)
+    assert report["gflops_per_image"] * 1e9 == pytest.approx(flops)
+
+
+def test_parameter_counts_and_frozen_backbone():
+    model = tiny_model()
+    full = benchmark(model, image_size=IMAGE, **QUICK)
+    total = sum(p.numel() for p in model.parameters())
+    assert full["params_total"] == full["params_trainable"] == total
+
+    model.backbone.requires_grad_(False)
+    frozen = benchmark(model, image_size=IMAGE, **QUICK)
+    assert frozen["params_total"] == total
+    assert frozen["params_trainable"] == sum(p.numel() for p in model.head.parameters()) < total
+    assert frozen["train_img_per_s"] > 0
+
+    model.requires_grad_(False)
+    assert benchmark(model, image_size=IMAGE, **QUICK)["train_img_per_s"] is None
+
+
+def test_benchmark_leaves_the_weights_and_gradients_untouched():
+    model = tiny_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    benchmark(model, image_size=IMAGE, **QUICK)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_report_from_a_config_is_json_ready_with_positive_finite_rates():
+    config = Config(data=DataConfig(num_classes=CLASSES, image_size=IMAGE), model=TINY)
+    report = json.loads(json.dumps(benchmark(config, **QUICK)))
+    assert (report["num_classes"], report["image_size"], report["batch_size"]) == (CLASSES, IMAGE, 2)
+    assert report["model"] == "vit/vit_tiny_patch16_224"
+    for key in ("infer_img_per_s", "latency_ms_batch1", "train_img_per_s", "gflops_per_image"):
+        assert math.isfinite(report[key]) and report[key] > 0, key
+    assert report["peak_memory_mb"] >= 0 and report["peak_memory_source"]
+    assert report["device"] == "cpu" and report["device_name"] and report["torch_threads"] >= 1
+
+    with pytest.raises(ConfigError, match="needs num_classes"):
+        benchmark(TINY, image_size=IMAGE, **QUICK)
+
+
+def test_checkpoint_benchmark_uses_its_class_count_and_image_size(tmp_path):
+    config = Config(data=DataConfig(image_size=IMAGE), model=TINY)
+    path = save_checkpoint(tmp_path / "run" / "checkpoints" / "best.safetensors", tiny_model(), config,
+                           [str(i) for i in range(CLASSES)], epoch=1, global_step=1)
+    report = benchmark_target(tmp_path / "run", **QUICK)  # a run directory resolves to its checkpoint
+    assert (report["num_classes"], report["image_size"]) == (CLASSES, IMAGE)
+    assert report["params_total"] == sum(p.numel() for p in tiny_model().parameters())
+    assert report["checkpoint"] == str(path)
+    with pytest.raises(ConfigError, match="overrides apply to a recipe"):
+        benchmark_target(path, ["data.image_size=64"], **QUICK)
+
+
+def test_recipe_benchmark_applies_overrides_without_a_dataset(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        f"data: {{format: synthetic, root: {tmp_path / 'never-generated'}, synthetic: {{num_classes: 7}}}}\n"
+        "model: {backbone: vit_tiny_patch16_224, pretrained: false,"
+        f" backbone_args: {{patch_size: {PATCH}, embed_dim: {DIM}, depth: {DEPTH}, num_heads: {HEADS}}}}}\n"
+    )
+    report = benchmark_target(recipe, [f"data.image_size={IMAGE}"], **QUICK)
+    assert (report["num_classes"], report["image_size"], report["recipe"]) == (7, IMAGE, str(recipe))
+    assert not (tmp_path / "never-generated").exists()
