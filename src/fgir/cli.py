@@ -61,6 +61,15 @@ def cmd_bench(args: argparse.Namespace) -> None:
     print(text)
 
 
+def cmd_data_prepare(args: argparse.Namespace) -> None:
+    from fgir.data.prepare import prepare_dataset
+
+    prepared = prepare_dataset(args.name, args.root, args.out, check_counts=not args.allow_count_mismatch)
+    counts = ", ".join(f"{split} {n}" for split, n in prepared.counts.items())
+    print(f"prepared {args.name} into {prepared.out_dir}: {counts}")
+    print(f"dataset config: {prepared.config_path} (include it from a recipe, or train with it directly)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fgir", description="Fine-grained image recognition with vision transformers.")
     verbs = parser.add_subparsers(dest="verb", required=True)
@@ -102,6 +111,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iters", type=int, default=5, help="timed iterations")
     p.add_argument("--out", help="also write the JSON here")
     p.set_defaults(func=cmd_bench)
+
+    p = verbs.add_parser("data", help="dataset tools")
+    data_verbs = p.add_subparsers(dest="data_verb", required=True)
+    p = data_verbs.add_parser("prepare", help="turn an official dataset download into the split CSVs")
+    p.add_argument("name", help="dataset name, e.g. cub")
+    p.add_argument("root", help="the downloaded dataset folder, e.g. ~/data/CUB_200_2011")
+    p.add_argument("--out", help="where to write the CSVs and dataset.yaml (default: the dataset folder)")
+    p.add_argument("--allow-count-mismatch", action="store_true",
+                   help="prepare even if image/class counts differ from the official ones (a subset)")
+    p.set_defaults(func=cmd_data_prepare)
     return parser
 
 

@@ -1,0 +1,52 @@
+"""CUB-200-2011: `images/<NNN.Name>/*.jpg` with `images.txt` (id path), `image_class_labels.txt`
+(id class, 1-based), `train_test_split.txt` (id is_train) and `classes.txt` (class NNN.Name)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fgir.data.prepare.splits import Layout
+from fgir.data.readers import DatasetFileError
+
+EXPECTED = (200, 5994, 5794)
+
+
+def _id_table(path: Path, columns: int = 2) -> dict[str, str]:
+    """`id value` per line (space separated) -> {id: value}."""
+    if not path.is_file():
+        raise DatasetFileError(f"{path}: file not found (is this the CUB_200_2011 folder?)")
+    table = {}
+    for line_no, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts = line.split(maxsplit=1)
+        if len(parts) != columns:
+            raise DatasetFileError(f"{path}:{line_no}: expected 'id value', got '{line}'")
+        table[parts[0]] = parts[1].strip()
+    return table
+
+
+def display_name(folder: str) -> str:
+    """'001.Black_footed_Albatross' -> 'Black footed Albatross'."""
+    return folder.split(".", 1)[-1].replace("_", " ")
+
+
+def read_layout(root: Path) -> Layout:
+    images = _id_table(root / "images.txt")
+    labels = _id_table(root / "image_class_labels.txt")
+    is_train = _id_table(root / "train_test_split.txt")
+    classes = _id_table(root / "classes.txt")
+    class_ids = sorted(classes, key=int)
+    index = {class_id: i for i, class_id in enumerate(class_ids)}  # 1-based ids -> 0..199
+    train_val, test = [], []
+    for image_id, path in images.items():
+        for table, name in ((labels, "image_class_labels.txt"), (is_train, "train_test_split.txt")):
+            if image_id not in table:
+                raise DatasetFileError(f"{root / name}: no entry for image id {image_id} ({path})")
+        if labels[image_id] not in index:
+            raise DatasetFileError(f"{root / 'image_class_labels.txt'}: image {image_id} has class {labels[image_id]}, "
+                                   "which classes.txt does not list")
+        (train_val if is_train[image_id] == "1" else test).append((path, index[labels[image_id]]))
+    return Layout(name="cub", root=root, image_dir="images",
+                  class_names=[display_name(classes[c]) for c in class_ids],
+                  train_val=train_val, test=test, expected=EXPECTED)
