@@ -1,0 +1,145 @@
+"""The dataset object and `build_dataset`: a DataConfig and a split name in, labelled images out."""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from fgir.config import ConfigError, DataConfig
+from fgir.data.images import read_image
+from fgir.data.readers import (
+    SplitRows,
+    class_folders,
+    read_class_names,
+    read_label_file,
+    read_split_csv,
+    scan_class_folders,
+)
+from fgir.data.synthetic import ensure_synthetic
+
+SPLITS = ("train", "val", "test")
+
+
+class ImageListDataset(Dataset):
+    """Images given by absolute path with 0-based labels; reading happens in `__getitem__`.
+
+    A key is an index or `(index, sample_seed)`. With a seed, the transform runs under a private
+    random state seeded by it, so the augmentation of a sample is a pure function of
+    (sample_seed, image): independent of worker count, worker assignment and what ran before.
+    """
+
+    def __init__(
+        self,
+        paths: list[str],
+        labels: list[int],
+        class_names: list[str],
+        transform: Callable[[Any], Any] | None = None,
+        boxes: np.ndarray | torch.Tensor | None = None,
+    ) -> None:
+        if len(paths) != len(labels):
+            raise ValueError(f"got {len(paths)} paths but {len(labels)} labels")
+        if boxes is not None and tuple(boxes.shape) != (len(paths), 4):
+            raise ValueError(f"boxes must have shape ({len(paths)}, 4), got {tuple(boxes.shape)}")
+        self.paths = paths
+        self.labels = labels
+        self.class_names = class_names
+        self.transform = transform
+        self.boxes = None if boxes is None else torch.as_tensor(boxes, dtype=torch.float32)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Any, int]:
+        index, sample_seed = key if isinstance(key, tuple) else (key, None)
+        image = read_image(self.paths[index])
+        label = self.labels[index]
+        if self.transform is None:
+            return image, label
+        if sample_seed is None:
+            return self.transform(image), label
+        return _seeded_call(self.transform, image, sample_seed), label
+
+
+def _seeded_call(function: Callable[[Any], Any], argument: Any, seed: int) -> Any:
+    """`function(argument)` with torch's CPU and Python's random state seeded by `seed`; both
+    states are restored afterwards, so the caller's random streams are untouched."""
+    python_state = random.getstate()
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)  # not torch.manual_seed: that reseeds CUDA too
+        random.seed(seed)
+        try:
+            return function(argument)
+        finally:
+            random.setstate(python_state)
+
+
+def dataset_info(data: DataConfig) -> tuple[int, list[str]]:
+    """(num_classes, class_names) from the configuration alone, without reading any split file.
+
+    Sources: `data.class_names` (a CSV under `data.root`), then for the folder format the class
+    folders of the train split, then `data.num_classes` (names "0".."C-1"). When two are given they
+    must agree. The class count never comes from the labels of one split: a split may miss classes.
+    """
+    if data.format == "synthetic":
+        data = ensure_synthetic(data)
+    root = Path(data.root)
+    if data.class_names is not None:
+        names = read_class_names(root / data.class_names)
+        source = f"data.class_names ({root / data.class_names})"
+    elif data.format == "folder":
+        names = class_folders(root / data.train)
+        source = f"the class folders of data.train ({root / data.train})"
+    elif data.num_classes is not None:
+        if data.num_classes < 1:
+            raise ConfigError(f"data.num_classes must be >= 1, got {data.num_classes}")
+        return data.num_classes, [str(i) for i in range(data.num_classes)]
+    else:
+        raise ConfigError(
+            f"the number of classes of dataset '{data.name}' is unknown: set data.num_classes "
+            "or data.class_names (a class_id,class_name CSV under data.root)"
+        )
+    if data.num_classes is not None and data.num_classes != len(names):
+        raise ConfigError(f"data.num_classes is {data.num_classes} but {source} lists {len(names)} classes")
+    return len(names), names
+
+
+def build_dataset(data: DataConfig, split: str, transform: Callable[[Any], Any] | None) -> ImageListDataset:
+    """The `split` ('train', 'val' or 'test') of the dataset described by `data`."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got '{split}'")
+    if data.format == "synthetic":
+        data = ensure_synthetic(data)
+    split_name = getattr(data, split)
+    if split_name is None:
+        raise ConfigError(f"data.{split} is not set: dataset '{data.name}' has no {split} split configured")
+    num_classes, names = dataset_info(data)
+    root = Path(data.root)
+    location = root / split_name
+    if not location.exists():
+        raise ConfigError(f"data.{split}: split file or folder not found: {location}")
+    rows, image_root = _read_split(data, location, num_classes, names)
+    base = os.path.abspath(image_root)
+    paths = [os.path.join(base, relative) for relative in rows.paths]
+    return ImageListDataset(paths, rows.labels, names, transform, rows.boxes)
+
+
+def _read_split(data: DataConfig, location: Path, num_classes: int, names: list[str]) -> tuple[SplitRows, Path]:
+    if data.format == "csv":
+        return read_split_csv(location, num_classes), Path(data.root) / data.image_dir
+    if data.format == "labels":
+        return read_label_file(location, num_classes), Path(data.root) / data.image_dir
+    if data.format == "folder":
+        rows, _ = scan_class_folders(location, names)
+        return rows, location
+    raise ConfigError(f"data.format must be one of csv, labels, folder, synthetic; got '{data.format}'")

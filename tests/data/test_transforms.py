@@ -1,0 +1,102 @@
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fgir.config import ConfigError, DataConfig
+from fgir.data.transforms import build_batch_mix, build_transform, resize_size
+
+MEAN, STD = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
+
+
+def data_config(**overrides) -> DataConfig:
+    return dataclasses.replace(DataConfig(image_size=4, resize_ratio=2.0, mean=MEAN, std=STD), **overrides)
+
+
+def random_image(height: int, width: int, seed: int = 0) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, size=(height, width, 3), dtype=np.uint8))
+
+
+def test_resize_size_follows_the_recipe():
+    assert resize_size(DataConfig(image_size=224, resize_ratio=1.34)) == 300
+    assert resize_size(DataConfig(image_size=448, resize_ratio=1.34)) == 600
+
+
+def test_test_transform_is_centre_crop_then_normalise():
+    # An 8x8 image is already the resize size, so the result is a plain slice of its pixels.
+    image = random_image(8, 8)
+    out = build_transform(data_config(), train=False)(image)
+    expected = (np.asarray(image)[2:6, 2:6] / 255 - MEAN) / STD
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, torch.tensor(expected.transpose(2, 0, 1), dtype=torch.float32))
+
+
+def test_test_transform_squashes_aspect_and_is_deterministic():
+    # A 20 x 10 image whose left half is black and right half white: a square resize keeps the
+    # halves side by side (a short-side resize + crop would not).
+    pixels = np.zeros((10, 20, 3), np.uint8)
+    pixels[:, 10:] = 255
+    transform = build_transform(data_config(mean=[0, 0, 0], std=[1, 1, 1]), train=False)
+    out = transform(Image.fromarray(pixels))
+    assert out.shape == (3, 4, 4)
+    assert out[:, :, :2].max() < 0.2 and out[:, :, 2:].min() > 0.8
+    torch.testing.assert_close(transform(Image.fromarray(pixels)), out, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("augment", ["weak", "medium", "strong"])
+def test_train_transform_output_and_randomness(augment):
+    transform = build_transform(data_config(image_size=16, resize_ratio=1.5, augment=augment), train=True)
+    image = random_image(30, 20)
+    torch.manual_seed(0)
+    first = transform(image)
+    assert first.shape == (3, 16, 16) and first.dtype == torch.float32
+    torch.manual_seed(0)
+    torch.testing.assert_close(transform(image), first, rtol=0, atol=0)
+    assert any(not torch.equal(first, transform(image)) for _ in range(5))
+
+
+def test_weak_train_crop_is_a_window_of_the_resized_image():
+    data = data_config(image_size=4, resize_ratio=2.0, mean=[0, 0, 0], std=[1, 1, 1])
+    image = random_image(8, 8)  # the resize to 8x8 is the identity
+    full = torch.tensor(np.asarray(image).transpose(2, 0, 1) / 255, dtype=torch.float32)
+    windows = [full[:, y : y + 4, x : x + 4] for y in range(5) for x in range(5)]
+    windows += [w.flip(-1) for w in windows]
+    transform = build_transform(data, train=True)
+    for _ in range(10):
+        out = transform(image)
+        assert any(torch.allclose(out, w) for w in windows)
+
+
+def test_unknown_preset_is_refused():
+    with pytest.raises(ConfigError, match="data.augment must be one of weak, medium, strong, got 'wild'"):
+        build_transform(data_config(augment="wild"), train=True)
+
+
+def test_batch_mix_only_for_strong():
+    assert build_batch_mix(data_config(augment="weak"), 5) is None
+    assert build_batch_mix(data_config(augment="medium"), 5) is None
+
+
+def test_batch_mix_gives_soft_targets_and_mixes_images():
+    mix = build_batch_mix(data_config(augment="strong"), num_classes=5)
+    torch.manual_seed(0)
+    images = torch.rand(6, 3, 16, 16)
+    labels = torch.tensor([0, 1, 2, 3, 4, 0])
+    for _ in range(5):
+        mixed, targets = mix(images, labels)
+        assert mixed.shape == images.shape
+        assert targets.shape == (6, 5) and targets.dtype == torch.float32
+        torch.testing.assert_close(targets.sum(1), torch.ones(6))
+        assert not torch.equal(mixed, images)
+        # Each row's target weights its own label and the label of the partner it was mixed with.
+        assert (targets[torch.arange(6), labels] > 0).all()
+
+
+def test_strong_needs_some_mix():
+    with pytest.raises(ConfigError, match="mixup_alpha > 0 or data.cutmix_alpha > 0"):
+        build_batch_mix(data_config(augment="strong", mixup_alpha=0.0, cutmix_alpha=0.0), 5)
+    only_cutmix = build_batch_mix(data_config(augment="strong", mixup_alpha=0.0), 5)
+    _, targets = only_cutmix(torch.rand(2, 3, 8, 8), torch.tensor([0, 1]))
+    torch.testing.assert_close(targets.sum(1), torch.ones(2))
