@@ -14,7 +14,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
+# The demo always starts afresh: its run folder is its own and is replaced on every `make demo`.
 demo: $(STAMP)
+	rm -rf runs/synthetic-demo
 	$(BIN)/fgir train configs/synthetic/vit.yaml
 
 test: $(STAMP)

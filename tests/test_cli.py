@@ -1,0 +1,38 @@
+import json
+import shutil
+
+from conftest import tiny_overrides
+from fgir.cli import main
+
+
+def test_train_then_predict_eval_and_bench_from_the_checkpoint_alone(tmp_path, capsys):
+    assert main(["train", *tiny_overrides(tmp_path, "train.run_name=cli"), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    checkpoint = tmp_path / "runs" / "cli" / "checkpoints" / "best.safetensors"
+    assert f"checkpoint:    {checkpoint}" in out and "test top-1" in out
+
+    image = tmp_path / "synthetic" / "images" / "square" / "test_0.png"
+    kept = tmp_path / "kept.png"
+    shutil.copy(image, kept)
+    moved = tmp_path / "elsewhere"
+    shutil.move(tmp_path / "synthetic", moved)  # predict must not need the dataset
+    assert main(["predict", str(tmp_path / "runs" / "cli"), str(kept), "--json", "--topk", "2"]) == 0
+    predictions = json.loads(capsys.readouterr().out)
+    assert len(predictions) == 1 and len(predictions[0]["topk"]) == 2
+
+    assert main(["eval", str(checkpoint), f"data.root={moved}", "--no-progress"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["num_samples"] == 9 and (tmp_path / "runs" / "cli" / "eval-test" / "predictions.csv").is_file()
+
+    assert main(["bench", str(checkpoint), "--batch-size", "2", "--iters", "1", "--warmup", "1",
+                 "--out", str(tmp_path / "bench.json")]) == 0
+    bench = json.loads((tmp_path / "bench.json").read_text())
+    assert bench["params_total"] == bench["params_trainable"] > 0
+
+
+def test_user_errors_exit_2_with_one_line_naming_the_culprit(tmp_path, capsys):
+    assert main(["train", *tiny_overrides(tmp_path), "train.lrr=0.1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fgir train: error: unknown config key 'train.lrr'") and "did you mean 'train.lr'" in err
+    assert main(["predict", str(tmp_path / "nothing.safetensors"), "x.png"]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
