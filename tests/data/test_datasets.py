@@ -24,7 +24,9 @@ def csv_root(tmp_path):
     """Three classes; train has all of them, test misses class 2."""
     for name, value in [("a/1.png", 10), ("a/2.png", 20), ("b/3.png", 30), ("c/4.png", 40)]:
         save_image(tmp_path / "imgs" / name, value)
-    (tmp_path / "train.csv").write_text("class_id,dir,x0,y0,x1,y1\n0,a/1.png,0,0,4,4\n1,b/3.png,1,1,5,5\n2,c/4.png,0,0,9,9\n")
+    (tmp_path / "train.csv").write_text(
+        "class_id,dir,x0,y0,x1,y1\n0,a/1.png,0,0,4,4\n1,b/3.png,1,1,5,5\n2,c/4.png,0,0,9,9\n"
+    )
     (tmp_path / "test.csv").write_text("class_id,dir\n0,a/2.png\n1,b/3.png\n")
     (tmp_path / "names.csv").write_text("class_id,class_name\n0,ant\n1,bee\n2,cat\n")
     return tmp_path
@@ -64,6 +66,11 @@ def test_class_count_sources_must_agree(csv_root):
     with pytest.raises(ConfigError, match=r"data.num_classes is 4 but data.class_names .* lists 3 classes"):
         dataset_info(config(csv_root, num_classes=4))
     assert dataset_info(config(csv_root, num_classes=3)) == (3, ["ant", "bee", "cat"])
+
+
+def test_missing_class_names_file_names_the_key(csv_root):
+    with pytest.raises(ConfigError, match=r"data\.class_names: file not found: .*absent\.csv"):
+        dataset_info(config(csv_root, class_names="absent.csv"))
 
 
 def test_label_beyond_class_count_names_file_and_line(csv_root):
@@ -113,7 +120,9 @@ def test_folder_format_keeps_train_ids_for_other_splits(tmp_path):
 
 
 def test_synthetic_format_generates_and_reads(tmp_path):
-    synthetic = SyntheticConfig(num_classes=3, train_per_class=2, val_per_class=1, test_per_class=1, image_size=32)
+    synthetic = SyntheticConfig(
+        num_classes=3, train_per_class=2, val_per_class=1, test_per_class=1, image_size=32
+    )
     data = DataConfig(root=str(tmp_path / "syn"), synthetic=synthetic)
     train = build_dataset(data, "train", transform=None)
     assert len(train) == 6

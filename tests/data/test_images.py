@@ -32,7 +32,9 @@ def test_jpeg_is_read_close_to_original(tmp_path):
 
 def test_grayscale_becomes_three_equal_channels(tmp_path):
     Image.fromarray(np.array([[0, 77, 255]], np.uint8)).save(tmp_path / "gray.png")
-    np.testing.assert_array_equal(pixels(tmp_path / "gray.png")[0], [[0, 0, 0], [77, 77, 77], [255, 255, 255]])
+    np.testing.assert_array_equal(
+        pixels(tmp_path / "gray.png")[0], [[0, 0, 0], [77, 77, 77], [255, 255, 255]]
+    )
 
 
 def test_rgba_is_composited_on_white(tmp_path):

@@ -83,7 +83,9 @@ def test_label_file_reads_headerless_rows(tmp_path):
 
 
 def test_label_file_with_a_header_suggests_csv_format(tmp_path):
-    with pytest.raises(DatasetFileError, match=r"l\.csv:1: .* \(this format has no header; use data.format=csv"):
+    with pytest.raises(
+        DatasetFileError, match=r"l\.csv:1: .* \(this format has no header; use data.format=csv"
+    ):
         read_label_file(write(tmp_path / "l.csv", "class_id,dir\n0,a.jpg\n"))
 
 
@@ -107,7 +109,7 @@ def test_label_file_with_300k_rows(tmp_path):
 
 @pytest.mark.parametrize("header", ["", "class_id,class_name\n"])
 def test_class_names_with_or_without_header(tmp_path, header):
-    path = write(tmp_path / "names.csv", header + "1,hatsune_miku\n0,saber\n2,\"a, b\"\n")
+    path = write(tmp_path / "names.csv", header + '1,hatsune_miku\n0,saber\n2,"a, b"\n')
     assert read_class_names(path) == ["saber", "hatsune_miku", "a, b"]
 
 
@@ -121,7 +123,9 @@ def test_class_names_duplicate_names_both_lines(tmp_path):
 
 
 def test_class_names_gap_is_reported(tmp_path):
-    with pytest.raises(DatasetFileError, match=r"names\.csv: class ids must be 0\.\.2 with no gaps; missing 1"):
+    with pytest.raises(
+        DatasetFileError, match=r"names\.csv: class ids must be 0\.\.2 with no gaps; missing 1"
+    ):
         read_class_names(write(tmp_path / "names.csv", "0,a\n2,b\n3,c\n"))
 
 
@@ -131,7 +135,14 @@ def test_class_names_second_non_integer_row_is_an_error(tmp_path):
 
 
 def make_folder_tree(root):
-    files = ["b_cls/1.PNG", "b_cls/sub/2.jpeg", "a_cls/3.jpg", "a_cls/notes.txt", "a_cls/.hidden.jpg", "c/4.webp"]
+    files = [
+        "b_cls/1.PNG",
+        "b_cls/sub/2.jpeg",
+        "a_cls/3.jpg",
+        "a_cls/notes.txt",
+        "a_cls/.hidden.jpg",
+        "c/4.webp",
+    ]
     for name in files:
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_bytes(b"")
@@ -149,7 +160,9 @@ def test_scan_class_folders(tmp_path):
 def test_scan_class_folders_uses_given_ids(tmp_path):
     rows, names = scan_class_folders(make_folder_tree(tmp_path), ["z", "c", "b_cls", "a_cls"])
     assert rows.labels == [3, 2, 2, 1]
-    with pytest.raises(DatasetFileError, match=r"class folder\(s\) a_cls, c are not among the 2 known classes"):
+    with pytest.raises(
+        DatasetFileError, match=r"class folder\(s\) a_cls, c are not among the 2 known classes"
+    ):
         scan_class_folders(tmp_path, ["b_cls", "z"])
 
 

@@ -89,12 +89,17 @@ def small_dataset(tmp_path_factory):
         Image.fromarray(rng.integers(0, 256, size=(20, 24, 3), dtype=np.uint8)).save(path)
         paths.append(str(path))
     data = DataConfig(image_size=16, resize_ratio=1.25, augment="medium")
-    return ImageListDataset(paths, [i % 3 for i in range(12)], ["a", "b", "c"], build_transform(data, train=True))
+    return ImageListDataset(
+        paths, [i % 3 for i in range(12)], ["a", "b", "c"], build_transform(data, train=True)
+    )
 
 
 def epoch_digest(loader, epoch) -> list[str]:
     loader.sampler.set_epoch(epoch)
-    return [hashlib.sha256(images.numpy().tobytes() + labels.numpy().tobytes()).hexdigest() for images, labels in loader]
+    return [
+        hashlib.sha256(images.numpy().tobytes() + labels.numpy().tobytes()).hexdigest()
+        for images, labels in loader
+    ]
 
 
 def test_batches_do_not_depend_on_worker_count(small_dataset):

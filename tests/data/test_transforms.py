@@ -16,7 +16,9 @@ def data_config(**overrides) -> DataConfig:
 
 
 def random_image(height: int, width: int, seed: int = 0) -> Image.Image:
-    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, size=(height, width, 3), dtype=np.uint8))
+    return Image.fromarray(
+        np.random.default_rng(seed).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+    )
 
 
 def test_resize_size_follows_the_recipe():

@@ -95,8 +95,11 @@ def dataset_info(data: DataConfig) -> tuple[int, list[str]]:
         data = ensure_synthetic(data)
     root = Path(data.root)
     if data.class_names is not None:
-        names = read_class_names(root / data.class_names)
-        source = f"data.class_names ({root / data.class_names})"
+        names_file = root / data.class_names
+        if not names_file.is_file():
+            raise ConfigError(f"data.class_names: file not found: {names_file}")
+        names = read_class_names(names_file)
+        source = f"data.class_names ({names_file})"
     elif data.format == "folder":
         names = class_folders(root / data.train)
         source = f"the class folders of data.train ({root / data.train})"
@@ -134,7 +137,9 @@ def build_dataset(data: DataConfig, split: str, transform: Callable[[Any], Any] 
     return ImageListDataset(paths, rows.labels, names, transform, rows.boxes)
 
 
-def _read_split(data: DataConfig, location: Path, num_classes: int, names: list[str]) -> tuple[SplitRows, Path]:
+def _read_split(
+    data: DataConfig, location: Path, num_classes: int, names: list[str]
+) -> tuple[SplitRows, Path]:
     if data.format == "csv":
         return read_split_csv(location, num_classes), Path(data.root) / data.image_dir
     if data.format == "labels":

@@ -93,7 +93,9 @@ def read_split_csv(csv_path: str | os.PathLike, num_classes: int | None = None) 
     for reader, row in rows:
         line = reader.line_num
         if len(row) != len(columns):
-            raise DatasetFileError(f"{path}:{line}: expected {len(columns)} fields like the header, got {len(row)}")
+            raise DatasetFileError(
+                f"{path}:{line}: expected {len(columns)} fields like the header, got {len(row)}"
+            )
         labels.append(_label(path, line, row[label_at].strip(), num_classes))
         paths.append(_relative_path(path, line, row[dir_at].strip()))
         if box_at is not None:
@@ -107,7 +109,9 @@ def _box(path: Path, line: int, fields: list[str]) -> list[float]:
     try:
         x0, y0, x1, y1 = (float(value) for value in fields)
     except ValueError:
-        raise DatasetFileError(f"{path}:{line}: box x0,y0,x1,y1 must be numbers, got {','.join(fields)}") from None
+        raise DatasetFileError(
+            f"{path}:{line}: box x0,y0,x1,y1 must be numbers, got {','.join(fields)}"
+        ) from None
     if not (x1 > x0 and y1 > y0):
         raise DatasetFileError(f"{path}:{line}: box needs x1 > x0 and y1 > y0, got {','.join(fields)}")
     return [x0, y0, x1, y1]
@@ -183,13 +187,17 @@ def class_folders(root: str | os.PathLike) -> list[str]:
     root = Path(root)
     if not root.is_dir():
         raise DatasetFileError(f"{root}: not a folder (expected one sub-folder per class)")
-    names = sorted(entry.name for entry in os.scandir(root) if entry.is_dir() and not entry.name.startswith("."))
+    names = sorted(
+        entry.name for entry in os.scandir(root) if entry.is_dir() and not entry.name.startswith(".")
+    )
     if not names:
         raise DatasetFileError(f"{root}: no class sub-folders")
     return names
 
 
-def scan_class_folders(root: str | os.PathLike, class_names: list[str] | None = None) -> tuple[SplitRows, list[str]]:
+def scan_class_folders(
+    root: str | os.PathLike, class_names: list[str] | None = None
+) -> tuple[SplitRows, list[str]]:
     """Images under `root/<class>/` (searched recursively, in sorted order) and the class names.
 
     Ids follow `class_names` when given (so a test folder missing a class keeps the train ids),

@@ -38,7 +38,9 @@ def build_transform(data: DataConfig, train: bool) -> v2.Compose:
     return v2.Compose([*steps, v2.TrivialAugmentWide(), *to_tensor, v2.RandomErasing(p=data.random_erasing)])
 
 
-def build_batch_mix(data: DataConfig, num_classes: int) -> Callable[..., tuple[torch.Tensor, torch.Tensor]] | None:
+def build_batch_mix(
+    data: DataConfig, num_classes: int
+) -> Callable[..., tuple[torch.Tensor, torch.Tensor]] | None:
     """For the `strong` preset, `(images, labels) -> (mixed images, soft targets (B, C))` applying
     MixUp or CutMix (chosen with probability 1/2 each) to a batch; None for the other presets.
 
