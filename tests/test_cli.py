@@ -36,3 +36,9 @@ def test_user_errors_exit_2_with_one_line_naming_the_culprit(tmp_path, capsys):
     assert err.startswith("fgir train: error: unknown config key 'train.lrr'") and "did you mean 'train.lr'" in err
     assert main(["predict", str(tmp_path / "nothing.safetensors"), "x.png"]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
+
+
+def test_overrides_may_follow_options(tmp_path, capsys):
+    # The override after --no-progress must still be read: its typo is what gets reported.
+    assert main(["train", *tiny_overrides(tmp_path), "--no-progress", "train.epochz=1"]) == 2
+    assert "unknown config key 'train.epochz'" in capsys.readouterr().err

@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs stay)")
     p.add_argument("--stop-after-epochs", type=int, metavar="N",
                    help="end this call after N epochs (e.g. a job's time limit); continue later with train.resume=<run dir>")
-    p.set_defaults(func=cmd_train)
+    p.set_defaults(func=cmd_train, trailing="items")
 
     p = verbs.add_parser("eval", help="score a checkpoint on a dataset split: metrics, predictions, confusion matrix")
     p.add_argument("checkpoint", help="a checkpoint file or a run directory (its best checkpoint)")
@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=cmd_eval)
+    p.set_defaults(func=cmd_eval, trailing="overrides")
 
     p = verbs.add_parser("predict", help="top-k classes for images or folders of images")
     p.add_argument("checkpoint", help="a checkpoint file or a run directory")
@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="JSON instead of a table")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=32)
-    p.set_defaults(func=cmd_predict)
+    p.set_defaults(func=cmd_predict, trailing="images")
 
     p = verbs.add_parser("bench", help="parameters, FLOPs, throughput, latency and memory of a model")
     p.add_argument("target", help="a YAML recipe or a checkpoint")
@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=2, help="untimed iterations first")
     p.add_argument("--iters", type=int, default=5, help="timed iterations")
     p.add_argument("--out", help="also write the JSON here")
-    p.set_defaults(func=cmd_bench)
+    p.set_defaults(func=cmd_bench, trailing="overrides")
 
     p = verbs.add_parser("data", help="dataset tools")
     data_verbs = p.add_subparsers(dest="data_verb", required=True)
@@ -125,7 +125,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse stops filling a positional list at the first option: positionals given after an
+    # option (`fgir train x.yaml --no-progress train.lr=0.1`) arrive here and join that list.
+    receiver = getattr(args, "trailing", None)
+    if extra and (receiver is None or any(item.startswith("-") for item in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        setattr(args, receiver, getattr(args, receiver) + extra)
     try:
         args.func(args)
     except (FgirError, FileNotFoundError, FileExistsError) as err:

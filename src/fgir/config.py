@@ -81,6 +81,9 @@ class ModelConfig:
     # Extra keyword arguments for timm.create_model (e.g. depth, embed_dim for tiny test models).
     backbone_args: dict[str, Any] = field(default_factory=dict)
     drop_path: float = 0.0
+    # Zero-initialised head (the fine-tuning recipes'): training starts from uniform predictions.
+    # From scratch, a random head lets gradients reach the backbone from the first step.
+    zero_init_head: bool = True
 
 
 @dataclass

@@ -10,10 +10,10 @@ from fgir.models.heads import LinearHead
 
 
 class ViTClassifier(nn.Module):
-    def __init__(self, backbone: Backbone, num_classes: int):
+    def __init__(self, backbone: Backbone, num_classes: int, zero_init_head: bool = True):
         super().__init__()
         self.backbone = backbone
-        self.head = LinearHead(backbone.embed_dim, num_classes)
+        self.head = LinearHead(backbone.embed_dim, num_classes, zero_init=zero_init_head)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         tokens = self.backbone.forward_features(images)

@@ -16,7 +16,7 @@ Builder = Callable[[Backbone, int, ModelConfig], nn.Module]
 
 
 def _build_vit(backbone: Backbone, num_classes: int, model: ModelConfig) -> nn.Module:
-    return ViTClassifier(backbone, num_classes)
+    return ViTClassifier(backbone, num_classes, zero_init_head=model.zero_init_head)
 
 
 METHODS: dict[str, Builder] = {"vit": _build_vit}

@@ -6,11 +6,13 @@ from torch import nn
 
 
 class LinearHead(nn.Linear):
-    """Linear classifier; zero-initialised (as the GLSim/ViT fine-tuning recipes do) so training
-    starts from uniform predictions instead of random logits."""
+    """Linear classifier. Zero-initialised by default, as the GLSim/ViT fine-tuning recipes do, so
+    training starts from uniform predictions; otherwise timm's ViT head init (truncated normal)."""
 
     def __init__(self, in_features: int, num_classes: int, zero_init: bool = True):
         super().__init__(in_features, num_classes)
         if zero_init:
             nn.init.zeros_(self.weight)
-            nn.init.zeros_(self.bias)
+        else:
+            nn.init.trunc_normal_(self.weight, std=0.02)
+        nn.init.zeros_(self.bias)
