@@ -16,9 +16,7 @@ re-rendered on its own.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
 import os
 import shutil
@@ -31,7 +29,7 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from fgir.config import ConfigError, DataConfig, SyntheticConfig
-from fgir.fileio import atomic_write_text
+from fgir.fileio import atomic_write_csv, atomic_write_text
 
 # Bump whenever the rendering changes, so existing folders are regenerated.
 GENERATOR_VERSION = 2
@@ -166,14 +164,6 @@ def _check_config(config: SyntheticConfig) -> None:
         raise ConfigError(f"data.synthetic.num_classes must be in [2, {len(SHAPES)}], got {config.num_classes}")
 
 
-def _csv_text(rows: list[list[object]], header: list[str]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
 def manifest(config: SyntheticConfig) -> dict:
     return {"generator_version": GENERATOR_VERSION, "config": dataclasses.asdict(config)}
 
@@ -201,11 +191,9 @@ def generate(config: SyntheticConfig, folder: str | os.PathLike) -> None:
                     bar.update()
     header = ["class_id", "dir", "x0", "y0", "x1", "y1"]
     for split in SPLITS:
-        atomic_write_text(folder / f"{split}.csv", _csv_text(rows[split], header))
-    atomic_write_text(folder / "train_val.csv", _csv_text(rows["train"] + rows["val"], header))
-    atomic_write_text(
-        folder / CLASS_NAMES_FILE, _csv_text([[i, n] for i, n in enumerate(names)], ["class_id", "class_name"])
-    )
+        atomic_write_csv(folder / f"{split}.csv", header, rows[split])
+    atomic_write_csv(folder / "train_val.csv", header, rows["train"] + rows["val"])
+    atomic_write_csv(folder / CLASS_NAMES_FILE, ["class_id", "class_name"], enumerate(names))
     atomic_write_text(folder / MANIFEST, json.dumps(manifest(config), indent=2) + "\n")
 
 

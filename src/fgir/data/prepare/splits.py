@@ -3,8 +3,6 @@ files written (train_val.csv, train.csv, val.csv, test.csv, classid_classname.cs
 
 from __future__ import annotations
 
-import csv
-import io
 import random
 from collections import defaultdict
 from dataclasses import dataclass
@@ -13,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from fgir.errors import FgirError
-from fgir.fileio import atomic_write_text
+from fgir.fileio import atomic_write_csv, atomic_write_text
 
 Row = tuple[str, int]  # (path relative to the image folder, class id)
 
@@ -58,14 +56,6 @@ def split_train_val(rows: list[Row], val_fraction: float = 0.2, seed: int = 0) -
     return train, val
 
 
-def _csv(rows: list[tuple], header: tuple[str, ...]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
 def verify_counts(layout: Layout) -> None:
     found = (len(layout.class_names), len(layout.train_val), len(layout.test))
     if found != layout.expected:
@@ -82,9 +72,8 @@ def write_prepared(layout: Layout, out_dir: Path, check_counts: bool = True) -> 
     train, val = split_train_val(layout.train_val)
     splits = {"train_val": layout.train_val, "train": train, "val": val, "test": layout.test}
     for split, rows in splits.items():
-        atomic_write_text(out_dir / f"{split}.csv", _csv([(label, path) for path, label in rows], ("class_id", "dir")))
-    atomic_write_text(out_dir / "classid_classname.csv",
-                      _csv(list(enumerate(layout.class_names)), ("class_id", "class_name")))
+        atomic_write_csv(out_dir / f"{split}.csv", ("class_id", "dir"), [(label, path) for path, label in rows])
+    atomic_write_csv(out_dir / "classid_classname.csv", ("class_id", "class_name"), enumerate(layout.class_names))
     image_root = (layout.root / layout.image_dir).resolve()
     data = {"name": layout.name, "format": "csv", "root": str(out_dir.resolve()),
             "image_dir": str(image_root), "train": "train.csv", "val": "val.csv", "test": "test.csv",
