@@ -90,3 +90,9 @@ def test_a_short_run_learns_the_synthetic_set_far_above_chance(tiny_config):
         "train.weight_decay=0.05", "train.warmup_steps=40", "train.epochs=30", "train.run_name=learn")
     result = train(config, progress=False)
     assert result.test_metrics["top1"] >= 60.0  # chance is 25%
+
+
+def test_bf16_autocast_trains_on_cpu(tiny_config):
+    result = train(tiny_config("train.precision=bf16", "train.epochs=1", "train.run_name=r"), progress=False)
+    assert result.test_metrics["num_samples"] == 9
+    assert all(t.dtype == torch.float32 for t in weights(result.checkpoint).values())  # weights stay fp32
