@@ -72,6 +72,19 @@ class DataConfig:
 
 
 @dataclass
+class GLSimConfig:
+    """GLSim (spec/glsim.md): global-local similarity crop, shared re-encoding, aggregator."""
+
+    top_o: int = 8  # patches selected by similarity (16 for Stanford Dogs in the paper)
+    similarity: str = "cosine"  # cosine | l1 | l2 (for distances the smallest wins)
+    box: str = "inclusive"  # inclusive (ours) | reference (the paper code's rounding, for its checkpoints)
+    crop_cls: str = "separate"  # separate: own crop CLS initialised from the pretrained one | shared
+    selection: str = "crop"  # crop: crop + second pass | tokens: gather the top-O tokens, no second pass
+    head: str = "token"  # token: image CLS position | avg | max of both tokens' logits
+    test_flip: bool = False  # average the logits of the image and its horizontal flip at test time
+
+
+@dataclass
 class ModelConfig:
     method: str = "vit"
     backbone: str = "vit_base_patch16_224.orig_in21k"
@@ -84,6 +97,7 @@ class ModelConfig:
     # Zero-initialised head (the fine-tuning recipes'): training starts from uniform predictions.
     # From scratch, a random head lets gradients reach the backbone from the first step.
     zero_init_head: bool = True
+    glsim: GLSimConfig = field(default_factory=GLSimConfig)
 
 
 @dataclass
@@ -125,6 +139,11 @@ CHOICES = {
     "data.augment": ("weak", "medium", "strong"),
     "train.optimizer": ("sgd", "adamw"),
     "train.precision": ("auto", "fp32", "bf16", "fp16"),
+    "model.glsim.similarity": ("cosine", "l1", "l2"),
+    "model.glsim.box": ("inclusive", "reference"),
+    "model.glsim.crop_cls": ("separate", "shared"),
+    "model.glsim.selection": ("crop", "tokens"),
+    "model.glsim.head": ("token", "avg", "max"),
 }
 
 
@@ -262,8 +281,9 @@ def apply_overrides(config: Config, overrides: list[str]) -> Config:
 def validate(config: Config) -> None:
     """Reject values no run could use, before any work starts."""
     for key, allowed in CHOICES.items():
-        section, name = key.split(".")
-        value = getattr(getattr(config, section), name)
+        value = config
+        for name in key.split("."):
+            value = getattr(value, name)
         if value not in allowed:
             close = difflib.get_close_matches(str(value), allowed, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
@@ -277,6 +297,7 @@ def validate(config: Config) -> None:
         "data.batch_size": config.data.batch_size,
         "data.eval_batch_size": config.data.eval_batch_size,
         "data.resize_ratio": config.data.resize_ratio,
+        "model.glsim.top_o": config.model.glsim.top_o,
     }
     for key, value in positive.items():
         if not value > 0:
@@ -315,6 +336,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "DataConfig",
+    "GLSimConfig",
     "ModelConfig",
     "SyntheticConfig",
     "TrainConfig",
