@@ -278,40 +278,32 @@ def apply_overrides(config: Config, overrides: list[str]) -> Config:
     return _compose(OmegaConf.structured(config), _dotlist_to_tree(overrides))
 
 
+POSITIVE = ("train.lr", "train.epochs", "train.grad_accum_steps", "train.eval_every", "data.image_size",
+            "data.batch_size", "data.eval_batch_size", "data.resize_ratio", "model.glsim.top_o")
+NON_NEGATIVE = ("train.warmup_steps", "train.weight_decay", "train.grad_clip", "train.min_lr", "train.warmup_lr")
+
+
+def _value(config: Config, key: str) -> Any:
+    value: Any = config
+    for name in key.split("."):
+        value = getattr(value, name)
+    return value
+
+
 def validate(config: Config) -> None:
     """Reject values no run could use, before any work starts."""
     for key, allowed in CHOICES.items():
-        value = config
-        for name in key.split("."):
-            value = getattr(value, name)
+        value = _value(config, key)
         if value not in allowed:
             close = difflib.get_close_matches(str(value), allowed, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
             raise ConfigError(f"config key '{key}' must be one of {', '.join(allowed)}, got '{value}'{hint}")
-    positive = {
-        "train.lr": config.train.lr,
-        "train.epochs": config.train.epochs,
-        "train.grad_accum_steps": config.train.grad_accum_steps,
-        "train.eval_every": config.train.eval_every,
-        "data.image_size": config.data.image_size,
-        "data.batch_size": config.data.batch_size,
-        "data.eval_batch_size": config.data.eval_batch_size,
-        "data.resize_ratio": config.data.resize_ratio,
-        "model.glsim.top_o": config.model.glsim.top_o,
-    }
-    for key, value in positive.items():
-        if not value > 0:
-            raise ConfigError(f"config key '{key}' must be > 0, got {value}")
-    non_negative = {
-        "train.warmup_steps": config.train.warmup_steps,
-        "train.weight_decay": config.train.weight_decay,
-        "train.grad_clip": config.train.grad_clip,
-        "train.min_lr": config.train.min_lr,
-        "train.warmup_lr": config.train.warmup_lr,
-    }
-    for key, value in non_negative.items():
-        if value < 0:
-            raise ConfigError(f"config key '{key}' must be >= 0, got {value}")
+    for key in POSITIVE:
+        if not _value(config, key) > 0:
+            raise ConfigError(f"config key '{key}' must be > 0, got {_value(config, key)}")
+    for key in NON_NEGATIVE:
+        if _value(config, key) < 0:
+            raise ConfigError(f"config key '{key}' must be >= 0, got {_value(config, key)}")
     if not 0 <= config.train.label_smoothing < 1:
         raise ConfigError(f"config key 'train.label_smoothing' must be in [0, 1), got {config.train.label_smoothing}")
     if config.data.resize_ratio < 1:
