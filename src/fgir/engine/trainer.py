@@ -74,8 +74,10 @@ def train(config: Config, progress: bool = True, stop_after_epochs: int | None =
                   if val_set is not None else None)
     batch_mix = build_batch_mix(config.data, num_classes)
 
-    # Model, optimizer, schedule (per optimizer step).
-    model = build_model(config.model, num_classes, config.data.image_size).to(device)
+    # Model, optimizer, schedule (per optimizer step). A resumed run takes every weight from its
+    # checkpoint, so it does not fetch pretrained weights again (it may run offline).
+    pretrained = False if config.train.resume else None
+    model = build_model(config.model, num_classes, config.data.image_size, pretrained=pretrained).to(device)
     optimizer = build_optimizer(model, config.train)
     steps_per_epoch = math.ceil(len(train_loader) / config.train.grad_accum_steps)
     scheduler = build_scheduler(optimizer, steps_per_epoch * config.train.epochs, config.train)
