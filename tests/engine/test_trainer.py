@@ -96,3 +96,11 @@ def test_bf16_autocast_trains_on_cpu(tiny_config):
     result = train(tiny_config("train.precision=bf16", "train.epochs=1", "train.run_name=r"), progress=False)
     assert result.test_metrics["num_samples"] == 9
     assert all(t.dtype == torch.float32 for t in weights(result.checkpoint).values())  # weights stay fp32
+
+
+def test_glsim_trains_through_the_generic_trainer(tiny_config):
+    result = train(tiny_config("model.method=glsim", "model.glsim.top_o=4", "train.epochs=1", "train.run_name=g"),
+                   progress=False)
+    state = weights(result.checkpoint)
+    assert any(k.startswith("aggregator.") for k in state) and "crop_cls" in state
+    assert result.test_metrics["num_samples"] == 9

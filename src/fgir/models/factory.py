@@ -11,6 +11,7 @@ from torch import nn
 from fgir.config import ConfigError, ModelConfig
 from fgir.models.backbone import Backbone
 from fgir.models.classifier import ViTClassifier
+from fgir.models.glsim import build_glsim
 
 Builder = Callable[[Backbone, int, ModelConfig], nn.Module]
 
@@ -19,7 +20,7 @@ def _build_vit(backbone: Backbone, num_classes: int, model: ModelConfig) -> nn.M
     return ViTClassifier(backbone, num_classes, zero_init_head=model.zero_init_head)
 
 
-METHODS: dict[str, Builder] = {"vit": _build_vit}
+METHODS: dict[str, Builder] = {"vit": _build_vit, "glsim": build_glsim}
 
 
 def build_backbone(model: ModelConfig, image_size: int, pretrained: bool | None = None) -> Backbone:

@@ -1,0 +1,92 @@
+"""Global-local similarity (GLS) selection math for GLSim (spec/glsim.md): score the patches against
+the global token, turn the top-scoring patches into a pixel box, crop and resize the whole batch at once.
+GLSim runs the scoring and the box under no_grad; the crop stays differentiable in the image values."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+SIMILARITIES = ("cosine", "l1", "l2")
+BOX_MODES = ("inclusive", "reference")
+
+
+def gls_scores(global_token: torch.Tensor, patch_tokens: torch.Tensor, similarity: str) -> torch.Tensor:
+    """(B, D) global and (B, N, D) patch tokens -> (B, N) scores, higher = more similar. Distances
+    (l1, l2) are negated so that the smallest distance scores highest and top-k works for all kinds."""
+    global_token = global_token.unsqueeze(1)
+    if similarity == "cosine":
+        return F.cosine_similarity(global_token, patch_tokens, dim=-1)
+    if similarity == "l1":
+        return -(patch_tokens - global_token).abs().sum(-1)
+    if similarity == "l2":
+        return -(patch_tokens - global_token).norm(dim=-1)
+    raise ValueError(f"unknown GLS similarity '{similarity}' (known: {', '.join(SIMILARITIES)})")
+
+
+def boxes_from_indices(
+    indices: torch.Tensor,
+    grid: tuple[int, int],
+    patch: tuple[int, int],
+    image_size: tuple[int, int],
+    mode: str,
+) -> torch.Tensor:
+    """(B, O) row-major patch indices -> (B, 4) integer pixel boxes x0, y0, x1, y1 (x1, y1 exclusive)
+    around the selected patches. 'inclusive' covers the last selected row/column of patches;
+    'reference' reproduces the paper code, which stops at the START of the last row/column
+    (at least one patch wide), so its released checkpoints see the crops they were trained on."""
+    if mode not in BOX_MODES:
+        raise ValueError(f"unknown GLS box mode '{mode}' (known: {', '.join(BOX_MODES)})")
+    grid_w = grid[1]
+    rows, cols = indices // grid_w, indices % grid_w
+    (patch_h, patch_w), (height, width) = patch, image_size
+    y0, x0 = rows.amin(1) * patch_h, cols.amin(1) * patch_w
+    if mode == "inclusive":
+        y1, x1 = (rows.amax(1) + 1) * patch_h, (cols.amax(1) + 1) * patch_w
+    else:
+        y1 = torch.maximum(rows.amax(1) * patch_h, y0 + patch_h)
+        x1 = torch.maximum(cols.amax(1) * patch_w, x0 + patch_w)
+    return torch.stack([x0, y0, x1.clamp(max=width), y1.clamp(max=height)], dim=1)
+
+
+def _bilinear_taps(
+    start: torch.Tensor, end: torch.Tensor, size: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(B,) crop bounds -> the pixel pairs and weights, each (B, size), that F.interpolate(bilinear,
+    align_corners=False) blends when resizing the crop to `size`: half-pixel centres clamped to the
+    crop, so its edge pixels repeat instead of blending with the pixels outside the crop. Same
+    arithmetic order as PyTorch's kernel, so the results agree to float rounding."""
+    length = (end - start).unsqueeze(1)
+    scale = length.to(torch.float32) / size
+    centres = torch.arange(size, device=start.device, dtype=torch.float32) + 0.5
+    inside = (scale * centres - 0.5).clamp(min=0)
+    low = inside.floor().long().minimum(length - 1)
+    high = (low + 1).minimum(length - 1)
+    weight = inside - low  # irrelevant where low == high (the crop's last pixel)
+    return start.unsqueeze(1) + low, start.unsqueeze(1) + high, weight
+
+
+def _blend(
+    images: torch.Tensor, dim: int, low: torch.Tensor, high: torch.Tensor, weight: torch.Tensor
+) -> torch.Tensor:
+    """Linear interpolation of `images` along `dim` (2: rows, 3: columns) between per-sample taps."""
+    shape = [images.shape[0], 1, 1, 1]
+    shape[dim] = low.shape[1]
+    expand = list(images.shape)
+    expand[dim] = low.shape[1]
+
+    def take(index: torch.Tensor) -> torch.Tensor:
+        return images.gather(dim, index.view(shape).expand(expand))
+
+    weight = weight.view(shape).to(images.dtype)
+    return take(low) * (1 - weight) + take(high) * weight
+
+
+def crop_and_resize(images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """Crop each image to its (x0, y0, x1, y1) box and resize it bilinearly to the input size (aspect
+    not kept), for the whole batch at once: separable bilinear interpolation with per-sample taps.
+    Equals slicing each crop and calling F.interpolate(crop, (H, W), mode='bilinear',
+    align_corners=False)."""
+    height, width = images.shape[-2:]
+    rows = _blend(images, 2, *_bilinear_taps(boxes[:, 1], boxes[:, 3], height))
+    return _blend(rows, 3, *_bilinear_taps(boxes[:, 0], boxes[:, 2], width))

@@ -1,0 +1,166 @@
+"""GLSim (spec/glsim.md): encode the image, select the patches most similar to the global token (GLS),
+crop their bounding box, re-encode the crop with the SAME encoder, fuse both global tokens with one
+transformer block and classify."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from timm.layers import LayerNorm
+from timm.models.vision_transformer import Block, init_weights_vit_timm
+from torch import nn
+
+from fgir.config import GLSimConfig, ModelConfig
+from fgir.models.backbone import Backbone
+from fgir.models.gls import boxes_from_indices, crop_and_resize, gls_scores
+from fgir.models.heads import LinearHead
+
+CROP_CLS_MODES = ("separate", "shared")
+SELECTIONS = ("crop", "tokens")
+HEADS = ("token", "avg", "max")
+
+
+@dataclass
+class GLSimOutput:
+    """Everything a visualisation needs; the training contract only uses `logits`."""
+
+    logits: torch.Tensor  # (B, classes)
+    scores: torch.Tensor  # (B, N) GLS score per patch, row-major over the patch grid; higher = selected
+    indices: torch.Tensor  # (B, O) selected patch indices
+    boxes: torch.Tensor  # (B, 4) pixel x0, y0, x1, y1 around the selected patches (x1, y1 exclusive)
+    crops: torch.Tensor | None  # (B, C, H, W) resized crops; None for selection='tokens'
+
+    def first(self, count: int) -> GLSimOutput:
+        """The first `count` samples of every field."""
+        crops = None if self.crops is None else self.crops[:count]
+        return GLSimOutput(
+            self.logits[:count], self.scores[:count], self.indices[:count], self.boxes[:count], crops
+        )
+
+
+def aggregator_heads(dim: int) -> int:
+    """Heads of 64 channels as in the backbone (12 for ViT-B); tiny widths fall back to a divisor."""
+    heads = max(1, dim // 64)
+    while dim % heads:
+        heads -= 1
+    return heads
+
+
+class Aggregator(nn.Module):
+    """One randomly initialised pre-norm ViT block plus a final LayerNorm over the fused tokens."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.block = Block(dim, aggregator_heads(dim), mlp_ratio=4.0, qkv_bias=True)
+        self.norm = LayerNorm(dim)
+        self.block.apply(init_weights_vit_timm)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.block(tokens))
+
+
+class GLSim(nn.Module):
+    def __init__(
+        self, backbone: Backbone, num_classes: int, config: GLSimConfig, zero_init_head: bool = True
+    ):
+        super().__init__()
+        _check_choice("crop_cls", config.crop_cls, CROP_CLS_MODES)
+        _check_choice("selection", config.selection, SELECTIONS)
+        _check_choice("head", config.head, HEADS)
+        if config.top_o < 1:
+            raise ValueError(f"model.glsim.top_o must be at least 1, got {config.top_o}")
+        self.backbone = backbone
+        self.config = config
+        # The crop's own CLS token only exists when there is a crop pass to use it (an unused
+        # parameter would break DDP).
+        self.crop_cls: nn.Parameter | None = None
+        if config.selection == "crop" and config.crop_cls == "separate":
+            if not backbone.has_cls_token:
+                raise ValueError(
+                    f"model.glsim.crop_cls='separate' needs a CLS token, but {backbone.model_name} has "
+                    "none; use crop_cls='shared' (the mean patch token is then the global token)"
+                )
+            self.crop_cls = nn.Parameter(backbone.vit.cls_token.detach().clone())
+        self.aggregator = Aggregator(backbone.embed_dim)
+        self.head = LinearHead(backbone.embed_dim, num_classes, zero_init=zero_init_head)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.forward_details(images).logits
+
+    def forward_details(self, images: torch.Tensor) -> GLSimOutput:
+        """Logits plus the selection; with test_flip in eval mode the logits average the image and
+        its horizontal flip (one batched pass), the rest describes the unflipped image."""
+        if not (self.config.test_flip and not self.training):
+            return self._forward_once(images)
+        both = self._forward_once(torch.cat([images, images.flip(-1)]))
+        count = images.shape[0]
+        output = both.first(count)
+        output.logits = (both.logits[:count] + both.logits[count:]) / 2
+        return output
+
+    def _forward_once(self, images: torch.Tensor) -> GLSimOutput:
+        height, width = images.shape[-2:]
+        grid = self.backbone.grid_for(height, width)
+        tokens = self.backbone.forward_features(images)
+        global_token = self._global_token(tokens)
+        patches = self.backbone.patch_tokens(tokens)
+        if self.config.top_o > patches.shape[1]:
+            raise ValueError(
+                f"model.glsim.top_o={self.config.top_o} exceeds the {patches.shape[1]} patches of a "
+                f"{height}x{width} image"
+            )
+        with torch.no_grad():  # selection is not differentiable: no gradient through the box choice
+            scores = gls_scores(global_token, patches, self.config.similarity)
+            indices = scores.topk(self.config.top_o, dim=1).indices
+            boxes = boxes_from_indices(
+                indices, grid, self.backbone.patch_size, (height, width), self.config.box
+            )
+        crops = None
+        if self.config.selection == "crop":
+            crops = crop_and_resize(images, boxes)
+            crop_global = self._global_token(self._encode_crop(crops))
+            fused = torch.stack([global_token, crop_global], dim=1)
+        else:
+            selected = patches.gather(1, indices.unsqueeze(-1).expand(-1, -1, patches.shape[-1]))
+            fused = torch.cat([global_token.unsqueeze(1), selected], dim=1)
+        logits = self._classify(self.aggregator(fused))
+        return GLSimOutput(logits, scores, indices, boxes, crops)
+
+    def _global_token(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, D): the CLS token, or the mean patch token for backbones without one."""
+        if self.backbone.has_cls_token:
+            return tokens[:, 0]
+        return self.backbone.patch_tokens(tokens).mean(1)
+
+    def _encode_crop(self, crops: torch.Tensor) -> torch.Tensor:
+        """Second pass through the shared encoder, with the crop's own CLS token if it has one."""
+        if self.crop_cls is None:
+            return self.backbone.forward_features(crops)
+        tokens = self.embed_with_crop_cls(crops)
+        return self.backbone.norm(self.backbone.run_blocks(tokens))
+
+    def embed_with_crop_cls(self, crops: torch.Tensor) -> torch.Tensor:
+        """Backbone.embed with the crop CLS token in the CLS slot. The slot holds cls_token (plus its
+        position embedding when the model adds one), so adding the difference of the two CLS tokens
+        swaps it for every position-embedding flavour; this happens before the pre-norm, as in embed."""
+        vit = self.backbone.vit
+        tokens = vit._pos_embed(vit.patch_embed(crops))
+        cls_slot = tokens[:, :1] + (self.crop_cls - vit.cls_token)
+        tokens = torch.cat([cls_slot, tokens[:, 1:]], dim=1)
+        return vit.norm_pre(vit.patch_drop(tokens))
+
+    def _classify(self, fused: torch.Tensor) -> torch.Tensor:
+        if self.config.head == "token":
+            return self.head(fused[:, 0])
+        logits = self.head(fused)
+        return logits.mean(1) if self.config.head == "avg" else logits.amax(1)
+
+
+def build_glsim(backbone: Backbone, num_classes: int, model: ModelConfig) -> GLSim:
+    return GLSim(backbone, num_classes, model.glsim, zero_init_head=model.zero_init_head)
+
+
+def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"unknown model.glsim.{key}='{value}' (known: {', '.join(choices)})")
