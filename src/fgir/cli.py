@@ -48,6 +48,13 @@ def cmd_predict(args: argparse.Namespace) -> None:
     print(format_predictions(predictions, as_json=args.json))
 
 
+def cmd_explain(args: argparse.Namespace) -> None:
+    from fgir.tools.explain import explain_images
+
+    for path in explain_images(args.checkpoint, args.images, args.out, device=args.device):
+        print(path)
+
+
 def cmd_bench(args: argparse.Namespace) -> None:
     from fgir.tools.bench import benchmark_target
 
@@ -101,6 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.set_defaults(func=cmd_predict, trailing="images")
 
+    p = verbs.add_parser("explain", help="GLSim figures: similarity heat map, box, crop, attention maps")
+    p.add_argument("checkpoint", help="a checkpoint file or a run directory")
+    p.add_argument("images", nargs="+", help="image files or folders")
+    p.add_argument("--out", default="explanations", help="output folder for <stem>_explain.png files")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_explain, trailing="images")
+
     p = verbs.add_parser("bench", help="parameters, FLOPs, throughput, latency and memory of a model")
     p.add_argument("target", help="a YAML recipe or a checkpoint")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=USAGE_OVERRIDES)
@@ -115,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("data", help="dataset tools")
     data_verbs = p.add_subparsers(dest="data_verb", required=True)
     p = data_verbs.add_parser("prepare", help="turn an official dataset download into the split CSVs")
-    p.add_argument("name", help="dataset name, e.g. cub")
+    p.add_argument("name", help="dataset: cub, nabirds, dogs, cars, aircraft, pets, flowers, food, inat17")
     p.add_argument("root", help="the downloaded dataset folder, e.g. ~/data/CUB_200_2011")
     p.add_argument("--out", help="where to write the CSVs and dataset.yaml (default: the dataset folder)")
     p.add_argument("--allow-count-mismatch", action="store_true",

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
 from fgir.fileio import atomic_path
 
@@ -56,4 +57,30 @@ def confusion_heatmap(
             if count:
                 colour = "white" if fractions[row, col] > 0.5 else "black"
                 axes.text(col, row, f"{int(count)}", ha="center", va="center", fontsize=font, color=colour)
+    return save_figure(figure, path)
+
+
+def image_panels(
+    panels: list[tuple[str, np.ndarray, np.ndarray | None, tuple[float, float, float, float] | None]],
+    path: str | os.PathLike,
+    title: str = "",
+    columns: int = 3,
+) -> Path:
+    """A grid of images, each (caption, RGB image (H, W, 3) in [0, 1], optional heat map (H, W) in
+    [0, 1] drawn over it, optional box x0, y0, x1, y1 (exclusive) outlined), without axes."""
+    rows = -(-len(panels) // columns)
+    figure = Figure(figsize=(3.0 * columns, 3.0 * rows + (0.4 if title else 0.0)))
+    for index, (caption, image, heat, box) in enumerate(panels):
+        axes = figure.add_subplot(rows, columns, index + 1)
+        axes.imshow(image, interpolation="nearest")
+        if heat is not None:
+            axes.imshow(heat, cmap="jet", alpha=0.5, vmin=0.0, vmax=1.0, interpolation="nearest")
+        if box is not None:
+            x0, y0, x1, y1 = box
+            # Pixel i covers [i - 0.5, i + 0.5] in imshow coordinates.
+            axes.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, color="lime", lw=2))
+        axes.set_title(caption, fontsize=9)
+        axes.set_axis_off()
+    if title:
+        figure.suptitle(title)
     return save_figure(figure, path)

@@ -12,10 +12,11 @@ import os
 from pathlib import Path
 
 from fgir.config import ConfigError
-from fgir.data.prepare import cub
+from fgir.data.prepare import aircraft, cars, cub, dogs, flowers, food, inat17, nabirds, pets
 from fgir.data.prepare.splits import PreparedDataset, write_prepared
 
-PREPARERS = {"cub": cub}
+PREPARERS = {"cub": cub, "nabirds": nabirds, "dogs": dogs, "cars": cars, "aircraft": aircraft, "pets": pets,
+             "flowers": flowers, "food": food, "inat17": inat17}
 
 
 def prepare_dataset(name: str, root: str | os.PathLike, out_dir: str | os.PathLike | None = None,

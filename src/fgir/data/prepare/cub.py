@@ -5,25 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fgir.data.prepare.common import id_table
 from fgir.data.prepare.splits import Layout
 from fgir.data.readers import DatasetFileError
 
 EXPECTED = (200, 5994, 5794)
-
-
-def _id_table(path: Path, columns: int = 2) -> dict[str, str]:
-    """`id value` per line (space separated) -> {id: value}."""
-    if not path.is_file():
-        raise DatasetFileError(f"{path}: file not found (is this the CUB_200_2011 folder?)")
-    table = {}
-    for line_no, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        parts = line.split(maxsplit=1)
-        if len(parts) != columns:
-            raise DatasetFileError(f"{path}:{line_no}: expected 'id value', got '{line}'")
-        table[parts[0]] = parts[1].strip()
-    return table
+HINT = "CUB_200_2011"
 
 
 def display_name(folder: str) -> str:
@@ -32,10 +19,10 @@ def display_name(folder: str) -> str:
 
 
 def read_layout(root: Path) -> Layout:
-    images = _id_table(root / "images.txt")
-    labels = _id_table(root / "image_class_labels.txt")
-    is_train = _id_table(root / "train_test_split.txt")
-    classes = _id_table(root / "classes.txt")
+    images = id_table(root / "images.txt", HINT)
+    labels = id_table(root / "image_class_labels.txt", HINT)
+    is_train = id_table(root / "train_test_split.txt", HINT)
+    classes = id_table(root / "classes.txt", HINT)
     class_ids = sorted(classes, key=int)
     index = {class_id: i for i, class_id in enumerate(class_ids)}  # 1-based ids -> 0..199
     train_val, test = [], []
