@@ -77,6 +77,14 @@ def cmd_data_prepare(args: argparse.Namespace) -> None:
     print(f"dataset config: {prepared.config_path} (include it from a recipe, or train with it directly)")
 
 
+def cmd_convert_glsim(args: argparse.Namespace) -> None:
+    from fgir.tools.convert_glsim import convert_glsim_reference
+
+    out = convert_glsim_reference(args.src, args.out, num_classes=args.num_classes, class_names=args.class_names)
+    print(f"checkpoint:   {out}")
+    print(f"predict with: fgir predict {out} <image or folder>")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fgir", description="Fine-grained image recognition with vision transformers.")
     verbs = parser.add_subparsers(dest="verb", required=True)
@@ -135,6 +143,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-count-mismatch", action="store_true",
                    help="prepare even if image/class counts differ from the official ones (a subset)")
     p.set_defaults(func=cmd_data_prepare)
+
+    p = verbs.add_parser("convert", help="convert foreign checkpoints to fgir checkpoints")
+    convert_verbs = p.add_subparsers(dest="convert_verb", required=True)
+    p = convert_verbs.add_parser("glsim-reference", help="a GLSim paper release (.pth) -> fgir checkpoint")
+    p.add_argument("src", help="e.g. dafb_vit_b16_16_2.pth")
+    p.add_argument("--out", help="output .safetensors (default: next to the input)")
+    p.add_argument("--num-classes", type=int, help="check the head has this many classes")
+    p.add_argument("--class-names", help="class_id,class_name CSV (default: 0..C-1)")
+    p.set_defaults(func=cmd_convert_glsim)
     return parser
 
 

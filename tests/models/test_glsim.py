@@ -95,23 +95,27 @@ def test_unknown_similarity_is_an_error():
         gls_scores(torch.zeros(1, 2), torch.zeros(1, 3, 2), "dot")
 
 
-def per_sample_crops(images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+def per_sample_crops(images: torch.Tensor, boxes: torch.Tensor, align_corners: bool = False) -> torch.Tensor:
     size = images.shape[-2:]
     return torch.cat(
         [
-            F.interpolate(image[None, :, y0:y1, x0:x1], size=size, mode="bilinear", align_corners=False)
+            F.interpolate(image[None, :, y0:y1, x0:x1], size=size, mode="bilinear", align_corners=align_corners)
             for image, (x0, y0, x1, y1) in zip(images, boxes.tolist(), strict=True)
         ]
     )
 
 
-def test_batched_crop_equals_per_sample_interpolate():
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_batched_crop_equals_per_sample_interpolate(align_corners):
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(4, 3, 32, 48, generator=generator)
     # Whole image, interior, one-patch corner, odd sizes.
     boxes = torch.tensor([[0, 0, 48, 32], [8, 4, 20, 12], [40, 24, 48, 32], [5, 0, 37, 31]])
     torch.testing.assert_close(
-        crop_and_resize(images, boxes), per_sample_crops(images, boxes), atol=1e-5, rtol=0
+        crop_and_resize(images, boxes, align_corners),
+        per_sample_crops(images, boxes, align_corners),
+        atol=1e-5,
+        rtol=0,
     )
 
 

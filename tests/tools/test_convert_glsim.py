@@ -129,9 +129,8 @@ def reference_forward(state: dict, images: torch.Tensor) -> torch.Tensor:
         r1 = min(max(int(rows[i].max()) * PATCH, r0 + PATCH), IMAGE)
         c1 = min(max(int(cols[i].max()) * PATCH, c0 + PATCH), IMAGE)
         crop = images[i : i + 1, :, r0:r1, c0:c1]
-        # The reference resizes with F.upsample_bilinear (align_corners=True); fgir's crop_and_resize
-        # uses align_corners=False, so that is what this comparison reproduces.
-        crops.append(F.interpolate(crop, size=(IMAGE, IMAGE), mode="bilinear", align_corners=False))
+        # The reference resizes with F.upsample_bilinear, i.e. align_corners=True.
+        crops.append(F.interpolate(crop, size=(IMAGE, IMAGE), mode="bilinear", align_corners=True))
     x_crops = reference_encode(state, torch.cat(crops))  # same class token: shared
     fused = torch.stack([x[:, 0], x_crops[:, 0]], dim=1)  # reducer 'cls'
     fused = _norm(state, "aggregator_norm", _ref_block(state, "aggregator.blocks.0", fused, DIM // 64))

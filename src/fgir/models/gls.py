@@ -50,16 +50,19 @@ def boxes_from_indices(
 
 
 def _bilinear_taps(
-    start: torch.Tensor, end: torch.Tensor, size: int
+    start: torch.Tensor, end: torch.Tensor, size: int, align_corners: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(B,) crop bounds -> the pixel pairs and weights, each (B, size), that F.interpolate(bilinear,
-    align_corners=False) blends when resizing the crop to `size`: half-pixel centres clamped to the
-    crop, so its edge pixels repeat instead of blending with the pixels outside the crop. Same
-    arithmetic order as PyTorch's kernel, so the results agree to float rounding."""
+    """(B,) crop bounds -> the pixel pairs and weights, each (B, size), that F.interpolate(bilinear)
+    blends when resizing the crop to `size`. align_corners=False: half-pixel centres clamped to the
+    crop, so its edge pixels repeat instead of blending with the pixels outside the crop;
+    align_corners=True: first and last output pixels sit on the crop's first and last pixels.
+    Same arithmetic order as PyTorch's kernel, so the results agree to float rounding."""
     length = (end - start).unsqueeze(1)
-    scale = length.to(torch.float32) / size
-    centres = torch.arange(size, device=start.device, dtype=torch.float32) + 0.5
-    inside = (scale * centres - 0.5).clamp(min=0)
+    positions = torch.arange(size, device=start.device, dtype=torch.float32)
+    if align_corners:
+        inside = (length - 1).to(torch.float32) / max(size - 1, 1) * positions
+    else:
+        inside = (length.to(torch.float32) / size * (positions + 0.5) - 0.5).clamp(min=0)
     low = inside.floor().long().minimum(length - 1)
     high = (low + 1).minimum(length - 1)
     weight = inside - low  # irrelevant where low == high (the crop's last pixel)
@@ -82,11 +85,11 @@ def _blend(
     return take(low) * (1 - weight) + take(high) * weight
 
 
-def crop_and_resize(images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+def crop_and_resize(images: torch.Tensor, boxes: torch.Tensor, align_corners: bool = False) -> torch.Tensor:
     """Crop each image to its (x0, y0, x1, y1) box and resize it bilinearly to the input size (aspect
     not kept), for the whole batch at once: separable bilinear interpolation with per-sample taps.
     Equals slicing each crop and calling F.interpolate(crop, (H, W), mode='bilinear',
-    align_corners=False)."""
+    align_corners=align_corners); the reference code resizes with align_corners=True."""
     height, width = images.shape[-2:]
-    rows = _blend(images, 2, *_bilinear_taps(boxes[:, 1], boxes[:, 3], height))
-    return _blend(rows, 3, *_bilinear_taps(boxes[:, 0], boxes[:, 2], width))
+    rows = _blend(images, 2, *_bilinear_taps(boxes[:, 1], boxes[:, 3], height, align_corners))
+    return _blend(rows, 3, *_bilinear_taps(boxes[:, 0], boxes[:, 2], width, align_corners))

@@ -118,7 +118,8 @@ class GLSim(nn.Module):
             )
         crops = None
         if self.config.selection == "crop":
-            crops = crop_and_resize(images, boxes)
+            # `reference` reproduces the paper code's crop arithmetic whole: its box and its resize.
+            crops = crop_and_resize(images, boxes, align_corners=self.config.box == "reference")
             crop_global = self._global_token(self._encode_crop(crops))
             fused = torch.stack([global_token, crop_global], dim=1)
         else:
