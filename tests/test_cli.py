@@ -42,3 +42,11 @@ def test_overrides_may_follow_options(tmp_path, capsys):
     # The override after --no-progress must still be read: its typo is what gets reported.
     assert main(["train", *tiny_overrides(tmp_path), "--no-progress", "train.epochz=1"]) == 2
     assert "unknown config key 'train.epochz'" in capsys.readouterr().err
+
+
+def test_explain_writes_one_figure_per_image(tmp_path, capsys):
+    overrides = tiny_overrides(tmp_path, "model.method=glsim", "model.glsim.top_o=4", "train.epochs=1", "train.run_name=g")
+    assert main(["train", *overrides, "--no-progress"]) == 0
+    image = tmp_path / "synthetic" / "images" / "disc" / "test_0.png"
+    assert main(["explain", str(tmp_path / "runs" / "g"), str(image), "--out", str(tmp_path / "figs")]) == 0
+    assert (tmp_path / "figs" / "test_0_explain.png").is_file()
