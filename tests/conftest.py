@@ -4,8 +4,21 @@ import pytest
 import torch
 
 from fgir.config import load_config
+from fgir.models.backbone import Backbone
 
 TINY_VIT = "model.backbone_args={patch_size: 8, embed_dim: 32, depth: 2, num_heads: 2}"
+TINY = dict(patch_size=8, embed_dim=32, depth=2, num_heads=2)
+
+
+def tiny_backbone(**overrides) -> Backbone:
+    """A 2-block ViT at 32 px in eval mode, with random values everywhere (timm starts norms at 1,
+    biases and CLS near 0), so a skipped or misplaced step shows up in the outputs."""
+    torch.manual_seed(0)
+    backbone = Backbone.create("vit_tiny_patch16_224", pretrained=False, **{"img_size": 32, **TINY, **overrides})
+    with torch.no_grad():
+        for parameter in backbone.parameters():
+            parameter.copy_(torch.randn_like(parameter) * 0.2)
+    return backbone.eval()
 
 
 def tiny_overrides(tmp_path, *extra: str) -> list[str]:

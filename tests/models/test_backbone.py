@@ -6,9 +6,10 @@ import timm
 import torch
 from torch import nn
 
+from conftest import TINY, tiny_backbone
 from fgir.models.backbone import Backbone
 
-TINY = dict(patch_size=8, embed_dim=32, depth=3, num_heads=2)
+DEPTH = 3  # one more block than the shared tiny ViT, so "between" indices have a middle
 VARIANTS = {
     "cls": dict(img_size=32),
     "registers": dict(img_size=32, reg_tokens=4),
@@ -19,17 +20,6 @@ VARIANTS = {
 }
 
 
-def tiny_backbone(**overrides) -> Backbone:
-    torch.manual_seed(0)
-    backbone = Backbone.create(
-        "vit_tiny_patch16_224", pretrained=False, **{"img_size": 32, **TINY, **overrides}
-    )
-    # Random values everywhere (timm starts norms at 1 and biases at 0), so a skipped or
-    # misplaced step shows up in the outputs.
-    with torch.no_grad():
-        for parameter in backbone.parameters():
-            parameter.copy_(torch.randn_like(parameter) * 0.2)
-    return backbone.eval()
 
 
 def images_for(backbone: Backbone, batch: int = 2) -> torch.Tensor:
@@ -50,14 +40,14 @@ class AddConstant(nn.Module):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_forward_features_equals_timm(variant):
-    backbone = tiny_backbone(**VARIANTS[variant])
+    backbone = tiny_backbone(depth=DEPTH, **VARIANTS[variant])
     images = images_for(backbone)
     assert torch.equal(backbone.forward_features(images), backbone.vit.forward_features(images))
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_pool_equals_timm_head_input(variant):
-    backbone = tiny_backbone(**VARIANTS[variant])
+    backbone = tiny_backbone(depth=DEPTH, **VARIANTS[variant])
     images = images_for(backbone)
     pooled = backbone.pool(backbone.forward_features(images))
     assert pooled.shape == (2, backbone.embed_dim)
@@ -65,11 +55,11 @@ def test_pool_equals_timm_head_input(variant):
 
 
 def test_pool_is_cls_token_or_mean_of_patch_tokens():
-    cls_model = tiny_backbone(reg_tokens=4)
+    cls_model = tiny_backbone(depth=DEPTH, reg_tokens=4)
     tokens = cls_model.forward_features(images_for(cls_model))
     assert torch.equal(cls_model.pool(tokens), tokens[:, 0])
 
-    avg_model = tiny_backbone(class_token=False, reg_tokens=4, global_pool="avg")
+    avg_model = tiny_backbone(depth=DEPTH, class_token=False, reg_tokens=4, global_pool="avg")
     tokens = avg_model.forward_features(images_for(avg_model))
     patch_mean = tokens[:, 4:].mean(dim=1)  # registers excluded
     assert torch.allclose(avg_model.pool(tokens), avg_model.vit.fc_norm(patch_mean), atol=1e-6)
@@ -87,7 +77,7 @@ def test_pool_is_cls_token_or_mean_of_patch_tokens():
     ],
 )
 def test_token_layout(variant, prefix, has_cls, patch, grid):
-    backbone = tiny_backbone(**VARIANTS[variant])
+    backbone = tiny_backbone(depth=DEPTH, **VARIANTS[variant])
     tokens = backbone.embed(images_for(backbone))
     assert backbone.num_prefix_tokens == prefix
     assert backbone.has_cls_token is has_cls
@@ -99,7 +89,7 @@ def test_token_layout(variant, prefix, has_cls, patch, grid):
 
 
 def test_properties_expose_the_timm_modules():
-    backbone = tiny_backbone()
+    backbone = tiny_backbone(depth=DEPTH)
     assert backbone.num_blocks == 3
     assert backbone.embed_dim == 32
     assert backbone.blocks is backbone.vit.blocks
@@ -108,18 +98,18 @@ def test_properties_expose_the_timm_modules():
 
 
 def test_grid_for_other_sizes_needs_dynamic_img_size():
-    static = tiny_backbone()
+    static = tiny_backbone(depth=DEPTH)
     with pytest.raises(ValueError, match=r"32x32 images only, not 48x40.*dynamic_img_size=True"):
         static.grid_for(48, 40)
 
-    dynamic = tiny_backbone(dynamic_img_size=True)
+    dynamic = tiny_backbone(depth=DEPTH, dynamic_img_size=True)
     assert dynamic.grid_for(48, 40) == (6, 5)
     tokens = dynamic.forward_features(torch.randn(1, 3, 48, 40))
     assert tokens.shape == (1, 1 + 6 * 5, 32)
 
 
 def test_run_blocks_equals_the_block_sequence():
-    backbone = tiny_backbone()
+    backbone = tiny_backbone(depth=DEPTH)
     tokens = backbone.embed(images_for(backbone))
     expected = backbone.vit.blocks(tokens)
     assert torch.equal(backbone.run_blocks(tokens), expected)
@@ -129,7 +119,7 @@ def test_run_blocks_equals_the_block_sequence():
 
 
 def test_between_runs_once_right_after_its_block():
-    backbone = tiny_backbone()
+    backbone = tiny_backbone(depth=DEPTH)
     images = images_for(backbone)
     add = AddConstant(0.5)
     final, _ = backbone.forward_tokens(images, between={0: add})
@@ -144,7 +134,7 @@ def test_between_runs_once_right_after_its_block():
 
 
 def test_between_may_change_the_number_of_tokens():
-    backbone = tiny_backbone()
+    backbone = tiny_backbone(depth=DEPTH)
     keep = backbone.num_prefix_tokens + 4
 
     def drop_patches(tokens):
@@ -158,7 +148,7 @@ def test_between_may_change_the_number_of_tokens():
 
 
 def test_return_layers_equal_a_manual_loop():
-    backbone = tiny_backbone(reg_tokens=4)
+    backbone = tiny_backbone(depth=DEPTH, reg_tokens=4)
     images = images_for(backbone)
     add = AddConstant(-0.25)
     final, layers = backbone.forward_tokens(images, return_layers=(2, 0, 1), between={1: add})
@@ -178,7 +168,7 @@ def test_return_layers_equal_a_manual_loop():
 
 
 def test_block_indices_out_of_range_are_named():
-    backbone = tiny_backbone()
+    backbone = tiny_backbone(depth=DEPTH)
     images = images_for(backbone)
     with pytest.raises(ValueError, match=r"return_layers: block indices \[3\] outside 0..2"):
         backbone.forward_tokens(images, return_layers=(0, 3))
@@ -189,10 +179,10 @@ def test_block_indices_out_of_range_are_named():
 
 
 def test_grad_checkpointing_recomputes_blocks_and_keeps_results():
-    images = images_for(tiny_backbone())
+    images = images_for(tiny_backbone(depth=DEPTH))
     results = []
     for enable in (False, True):
-        backbone = tiny_backbone().train()
+        backbone = tiny_backbone(depth=DEPTH).train()
         backbone.set_grad_checkpointing(enable)
         calls = []
         backbone.blocks[0].register_forward_pre_hook(lambda *_, calls=calls: calls.append(1))
@@ -209,11 +199,11 @@ def test_grad_checkpointing_recomputes_blocks_and_keeps_results():
 def test_wrapping_rejects_what_methods_cannot_use():
     with pytest.raises(TypeError, match="timm VisionTransformer, got Linear"):
         Backbone(nn.Linear(2, 2))
-    with_head = timm.create_model("vit_tiny_patch16_224", num_classes=10, img_size=32, **TINY)
+    with_head = timm.create_model("vit_tiny_patch16_224", num_classes=10, img_size=32, **{**TINY, "depth": DEPTH})
     with pytest.raises(ValueError, match="10-class head.*num_classes=0"):
         Backbone(with_head)
-    no_pool = timm.create_model("vit_tiny_patch16_224", num_classes=0, global_pool="", img_size=32, **TINY)
+    no_pool = timm.create_model("vit_tiny_patch16_224", num_classes=0, global_pool="", img_size=32, **{**TINY, "depth": DEPTH})
     with pytest.raises(ValueError, match="global_pool=''"):
         Backbone(no_pool)
-    wrapped = Backbone(timm.create_model("vit_tiny_patch16_224", num_classes=0, img_size=32, **TINY))
+    wrapped = Backbone(timm.create_model("vit_tiny_patch16_224", num_classes=0, img_size=32, **{**TINY, "depth": DEPTH}))
     assert wrapped.model_name == "vit_tiny_patch16_224"

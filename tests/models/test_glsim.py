@@ -7,24 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import tiny_backbone
 from fgir.config import GLSimConfig
 from fgir.models.backbone import Backbone
 from fgir.models.gls import boxes_from_indices, crop_and_resize, gls_scores
 from fgir.models.glsim import GLSim
-
-TINY = dict(patch_size=8, embed_dim=32, depth=2, num_heads=2)
-
-
-def tiny_backbone(**overrides) -> Backbone:
-    torch.manual_seed(0)
-    backbone = Backbone.create(
-        "vit_tiny_patch16_224", pretrained=False, **{"img_size": 32, **TINY, **overrides}
-    )
-    # Random values everywhere (timm starts norms at 1, biases and CLS near 0) so wiring mistakes show.
-    with torch.no_grad():
-        for parameter in backbone.parameters():
-            parameter.copy_(torch.randn_like(parameter) * 0.2)
-    return backbone
 
 
 def tiny_glsim(num_classes: int = 5, backbone: Backbone | None = None, **config) -> GLSim:
