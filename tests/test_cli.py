@@ -50,3 +50,13 @@ def test_explain_writes_one_figure_per_image(tmp_path, capsys):
     image = tmp_path / "synthetic" / "images" / "disc" / "test_0.png"
     assert main(["explain", str(tmp_path / "runs" / "g"), str(image), "--out", str(tmp_path / "figs")]) == 0
     assert (tmp_path / "figs" / "test_0_explain.png").is_file()
+
+
+def test_data_check_exit_status_tells_clean_from_broken(tmp_path, capsys):
+    overrides = tiny_overrides(tmp_path)
+    assert main(["data", "check", *overrides, "--no-progress"]) == 0  # generates the synthetic set, clean
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("ok")
+    (tmp_path / "synthetic" / "images" / "disc" / "test_0.png").write_bytes(b"")
+    assert main(["data", "check", *overrides, "--no-progress", "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert not report["ok"] and any("test_0.png" in p["message"] or "test.csv" in p["file"] for p in report["problems"])

@@ -77,6 +77,17 @@ def cmd_data_prepare(args: argparse.Namespace) -> None:
     print(f"dataset config: {prepared.config_path} (include it from a recipe, or train with it directly)")
 
 
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from fgir.data.check import check_dataset
+
+    path, overrides = _split_config_and_overrides(args.items)
+    config = load_config(path, overrides)
+    report = check_dataset(config.data, splits=args.splits or ("train", "val", "test"),
+                           open_images=args.images == "decode", progress=not args.no_progress)
+    print(json.dumps(report.to_dict(), indent=1) if args.json else report.format())
+    return 0 if report.ok else 1
+
+
 def cmd_convert_glsim(args: argparse.Namespace) -> None:
     from fgir.tools.convert_glsim import convert_glsim_reference
 
@@ -143,6 +154,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-count-mismatch", action="store_true",
                    help="prepare even if image/class counts differ from the official ones (a subset)")
     p.set_defaults(func=cmd_data_prepare)
+    p = data_verbs.add_parser("check", help="list every problem of a dataset: bad rows, missing or unreadable "
+                                            "images, images shared between splits (exit status 1 if any)")
+    p.add_argument("items", nargs="*", metavar="CONFIG [KEY=VALUE ...]", help=f"a YAML recipe, then {USAGE_OVERRIDES}")
+    p.add_argument("--split", dest="splits", action="append", choices=("train", "val", "test"),
+                   help="check only this split (repeatable; default: every configured split)")
+    p.add_argument("--images", choices=("decode", "exists"), default="decode",
+                   help="decode every image (default) or only check that the files exist")
+    p.add_argument("--json", action="store_true", help="the report as JSON instead of text")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_data_check, trailing="items")
 
     p = verbs.add_parser("convert", help="convert foreign checkpoints to fgir checkpoints")
     convert_verbs = p.add_subparsers(dest="convert_verb", required=True)
@@ -166,13 +187,13 @@ def main(argv: list[str] | None = None) -> int:
     if extra:
         setattr(args, receiver, getattr(args, receiver) + extra)
     try:
-        args.func(args)
+        return args.func(args) or 0
     except (FgirError, FileNotFoundError, FileExistsError) as err:
         print(f"fgir {args.verb}: error: {err}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stderr.close()
-    return 0
+        return 0
 
 
 if __name__ == "__main__":
