@@ -122,6 +122,8 @@ class TrainConfig:
     output_dir: str = "runs"
     run_name: str | None = None
     log_every: int = 10  # steps between scalar logs
+    max_bad_steps: int = 5  # optimizer steps in a row with a non-finite loss or gradient before giving up
+    checkpoint_every_steps: int = 0  # a resumable mid-epoch `last` checkpoint every N optimizer steps; 0: off
     tensorboard: bool = True
     wandb: bool = False
     wandb_project: str = "fgir"
@@ -278,9 +280,10 @@ def apply_overrides(config: Config, overrides: list[str]) -> Config:
     return _compose(OmegaConf.structured(config), _dotlist_to_tree(overrides))
 
 
-POSITIVE = ("train.lr", "train.epochs", "train.grad_accum_steps", "train.eval_every", "data.image_size",
-            "data.batch_size", "data.eval_batch_size", "data.resize_ratio", "model.glsim.top_o")
-NON_NEGATIVE = ("train.warmup_steps", "train.weight_decay", "train.grad_clip", "train.min_lr", "train.warmup_lr")
+POSITIVE = ("train.lr", "train.epochs", "train.grad_accum_steps", "train.eval_every", "train.max_bad_steps",
+            "data.image_size", "data.batch_size", "data.eval_batch_size", "data.resize_ratio", "model.glsim.top_o")
+NON_NEGATIVE = ("train.warmup_steps", "train.weight_decay", "train.grad_clip", "train.min_lr", "train.warmup_lr",
+                "train.checkpoint_every_steps")
 
 
 def _value(config: Config, key: str) -> Any:
