@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from fgir.config import Config, save_config, to_dict
@@ -97,6 +98,13 @@ class StopSignals:
             signal.signal(sig, handler)
 
 
+def eval_loader(config: Config, split: str, device: torch.device) -> DataLoader:
+    """The `split` with the test transform, in dataset order: validation and test read data alike."""
+    dataset = build_dataset(config.data, split, build_transform(config.data, train=False))
+    return build_loader(dataset, batch_size=config.data.eval_batch_size, train=False, seed=config.train.seed,
+                        num_workers=config.data.num_workers, pin_memory=device.type == "cuda")
+
+
 def make_run_dir(config: Config) -> Path:
     if config.train.resume:
         run_dir = Path(config.train.resume)
@@ -123,11 +131,9 @@ def train(config: Config, progress: bool = True, stop_after_epochs: int | None =
     # Data. The class count comes from the dataset description, never from one split's labels.
     num_classes, class_names = dataset_info(config.data)
     train_set = build_dataset(config.data, "train", build_transform(config.data, train=True))
-    val_set = build_dataset(config.data, "val", build_transform(config.data, train=False)) if config.data.val else None
-    loader_args = dict(seed=config.train.seed, num_workers=config.data.num_workers, pin_memory=device.type == "cuda")
-    train_loader = build_loader(train_set, batch_size=config.data.batch_size, train=True, **loader_args)
-    val_loader = (build_loader(val_set, batch_size=config.data.eval_batch_size, train=False, **loader_args)
-                  if val_set is not None else None)
+    train_loader = build_loader(train_set, batch_size=config.data.batch_size, train=True, seed=config.train.seed,
+                                num_workers=config.data.num_workers, pin_memory=device.type == "cuda")
+    val_loader = eval_loader(config, "val", device) if config.data.val else None
     batch_mix = build_batch_mix(config.data, num_classes)
 
     # Model, optimizer, schedule (per optimizer step). A resumed run takes every weight from its
@@ -316,11 +322,7 @@ def finish(run_dir: Path, config: Config, model: nn.Module, device, dtype, progr
     val_metrics = checkpoint.metrics.get("val")
     test_metrics = None
     if config.data.test:
-        test_set = build_dataset(config.data, "test", build_transform(config.data, train=False))
-        test_loader = build_loader(test_set, batch_size=config.data.eval_batch_size, train=False,
-                                   seed=config.train.seed, num_workers=config.data.num_workers,
-                                   pin_memory=device.type == "cuda")
-        predictions = predict_loader(model, test_loader, device, dtype, "test", progress)
+        predictions = predict_loader(model, eval_loader(config, "test", device), device, dtype, "test", progress)
         test_metrics = classification_metrics(predictions.logits, predictions.labels)
         summary = {"checkpoint": str(chosen), "epoch": checkpoint.epoch, "val": val_metrics, "test": test_metrics,
                    "config": to_dict(config)}
