@@ -85,6 +85,31 @@ class GLSimConfig:
 
 
 @dataclass
+class PeftConfig:
+    """Frozen-backbone methods (spec/ila.md): ILA, ILA+, ILA++ and the PEFT baselines. The backbone is
+    frozen; what else trains is listed here."""
+
+    train_cls_token: bool = True  # the reference trains the CLS token
+    train_pos_embed: bool = False
+    train_norm: bool = False  # the backbone's final LayerNorm
+    # Frozen backbone modules (dropout, drop-path, BatchNorm) behave as in evaluation while the new
+    # modules train; False: the whole model follows model.train().
+    frozen_eval: bool = True
+    bottleneck: int = 8  # hidden width of bottleneck adapters, ConvPass and ILA modules
+    dropout: float = 0.1  # dropout at the output of adapters and ILA modules
+    ila_ds_layers: list[int] = field(default_factory=lambda: [3, 7])  # DS-ILA after these blocks (0-based)
+    # Same-resolution ILAs of ILA+ after these blocks; None: after every other block (1, 3, 5, ...),
+    # skipping blocks that already have a DS-ILA.
+    ila_layers: list[int] | None = None
+    prompt_length: int = 100  # VPT prompt tokens (per layer for VPT-Deep)
+    prompt_dropout: float = 0.0
+    lora_rank: int = 8
+    lora_alpha: float = 8.0
+    lora_dropout: float = 0.0
+    lora_targets: list[str] = field(default_factory=lambda: ["qkv", "fc1", "fc2"])
+
+
+@dataclass
 class ModelConfig:
     method: str = "vit"
     backbone: str = "vit_base_patch16_224.orig_in21k"
@@ -98,6 +123,7 @@ class ModelConfig:
     # From scratch, a random head lets gradients reach the backbone from the first step.
     zero_init_head: bool = True
     glsim: GLSimConfig = field(default_factory=GLSimConfig)
+    peft: PeftConfig = field(default_factory=PeftConfig)
 
 
 @dataclass
@@ -281,7 +307,8 @@ def apply_overrides(config: Config, overrides: list[str]) -> Config:
 
 
 POSITIVE = ("train.lr", "train.epochs", "train.grad_accum_steps", "train.eval_every", "train.max_bad_steps",
-            "data.image_size", "data.batch_size", "data.eval_batch_size", "data.resize_ratio", "model.glsim.top_o")
+            "data.image_size", "data.batch_size", "data.eval_batch_size", "data.resize_ratio", "model.glsim.top_o",
+            "model.peft.bottleneck", "model.peft.prompt_length", "model.peft.lora_rank", "model.peft.lora_alpha")
 NON_NEGATIVE = ("train.warmup_steps", "train.weight_decay", "train.grad_clip", "train.min_lr", "train.warmup_lr",
                 "train.checkpoint_every_steps")
 
@@ -307,6 +334,9 @@ def validate(config: Config) -> None:
     for key in NON_NEGATIVE:
         if _value(config, key) < 0:
             raise ConfigError(f"config key '{key}' must be >= 0, got {_value(config, key)}")
+    for key in ("model.peft.dropout", "model.peft.prompt_dropout", "model.peft.lora_dropout"):
+        if not 0 <= _value(config, key) < 1:
+            raise ConfigError(f"config key '{key}' must be in [0, 1), got {_value(config, key)}")
     if not 0 <= config.train.label_smoothing < 1:
         raise ConfigError(f"config key 'train.label_smoothing' must be in [0, 1), got {config.train.label_smoothing}")
     if config.data.resize_ratio < 1:

@@ -1,0 +1,1 @@
+"""Parameter-efficient methods on a frozen backbone: ILA (fgir.models.ila) and the PEFT baselines."""

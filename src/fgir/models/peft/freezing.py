@@ -1,0 +1,88 @@
+"""Freezing a backbone for parameter-efficient training.
+
+Three things every frozen-backbone method needs:
+- `freeze_backbone`: no backbone parameter trains except the ones the config names (CLS token,
+  position embedding, final norm);
+- `FrozenBackboneModel.train`: the modules that were frozen stay in evaluation mode (dropout off,
+  BatchNorm statistics fixed) while the modules a method adds train normally. Frozen modules are
+  tagged when frozen, so modules inserted later (adapters, LoRA layers) are never affected;
+- `trainable_report`: which modules train and how many parameters, printed and saved with a run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from fgir.config import PeftConfig
+from fgir.models.backbone import Backbone
+
+_FROZEN_TAG = "_fgir_frozen"
+
+
+def freeze_backbone(backbone: Backbone, peft: PeftConfig) -> None:
+    """Stop gradients to every backbone parameter except those `peft` asks to train, and tag the
+    backbone's modules so `FrozenBackboneModel` keeps them in evaluation mode."""
+    backbone.requires_grad_(False)
+    vit = backbone.vit
+    if peft.train_cls_token and getattr(vit, "cls_token", None) is not None:
+        vit.cls_token.requires_grad_(True)
+    if peft.train_pos_embed and getattr(vit, "pos_embed", None) is not None:
+        vit.pos_embed.requires_grad_(True)
+    if peft.train_norm:
+        vit.norm.requires_grad_(True)
+    for module in backbone.modules():
+        setattr(module, _FROZEN_TAG, peft.frozen_eval)
+
+
+class FrozenBackboneModel(nn.Module):
+    """Base of frozen-backbone methods: `train(True)` leaves the tagged (frozen) modules in
+    evaluation mode, one by one and not recursively, so a trainable module inserted inside a frozen
+    one (an adapter in a block) still trains."""
+
+    def train(self, mode: bool = True) -> FrozenBackboneModel:
+        super().train(mode)
+        if mode:
+            for module in self.modules():
+                if getattr(module, _FROZEN_TAG, False):
+                    module.training = False
+        return self
+
+
+@dataclass(frozen=True)
+class ModuleCount:
+    module: str  # dotted path, shortened to `depth` components
+    trainable: int
+
+
+@dataclass(frozen=True)
+class TrainableReport:
+    modules: list[ModuleCount]
+    trainable: int
+    total: int
+
+    def to_dict(self) -> dict:
+        return {"trainable": self.trainable, "total": self.total,
+                "modules": {count.module: count.trainable for count in self.modules}}
+
+    def format(self) -> str:
+        width = max([len("total"), *(len(count.module) for count in self.modules)])
+        lines = [f"{count.module:<{width}}  {count.trainable:>12,}" for count in self.modules]
+        share = 100 * self.trainable / self.total if self.total else 0.0
+        lines.append(f"{'total':<{width}}  {self.trainable:>12,}  of {self.total:,} ({share:.2f}%)")
+        return "\n".join(lines)
+
+
+def trainable_report(model: nn.Module, depth: int = 4) -> TrainableReport:
+    """Trainable parameter counts grouped by module path (the first `depth` components of each
+    parameter's name, without the parameter's own name), in model order."""
+    counts: dict[str, int] = {}
+    total = 0
+    for name, parameter in model.named_parameters():
+        total += parameter.numel()
+        if parameter.requires_grad:
+            module = ".".join(name.split(".")[:-1][:depth]) or name
+            counts[module] = counts.get(module, 0) + parameter.numel()
+    modules = [ModuleCount(module, count) for module, count in counts.items()]
+    return TrainableReport(modules, sum(counts.values()), total)
