@@ -20,7 +20,10 @@ def _build_vit(backbone: Backbone, num_classes: int, model: ModelConfig) -> nn.M
     return ViTClassifier(backbone, num_classes, zero_init_head=model.zero_init_head)
 
 
-METHODS: dict[str, Builder] = {"vit": _build_vit, "glsim": build_glsim}
+METHODS: dict[str, Builder] = {
+    "vit": _build_vit,
+    "glsim": build_glsim,
+}
 
 
 def build_backbone(model: ModelConfig, image_size: int, pretrained: bool | None = None) -> Backbone:
