@@ -12,11 +12,23 @@ import os
 from pathlib import Path
 
 from fgir.config import ConfigError
-from fgir.data.prepare import aircraft, cars, cub, dogs, flowers, food, inat17, nabirds, pets
+from fgir.data.prepare import aircraft, cars, cub, dogs, flowers, food, inat17, nabirds, pets, vegfru
 from fgir.data.prepare.splits import PreparedDataset, write_prepared
+from fgir.data.prepare.ultra import PREPARERS as ULTRA_FGVC
 
-PREPARERS = {"cub": cub, "nabirds": nabirds, "dogs": dogs, "cars": cars, "aircraft": aircraft, "pets": pets,
-             "flowers": flowers, "food": food, "inat17": inat17}
+PREPARERS = {
+    "cub": cub,
+    "nabirds": nabirds,
+    "dogs": dogs,
+    "cars": cars,
+    "aircraft": aircraft,
+    "pets": pets,
+    "flowers": flowers,
+    "food": food,
+    "inat17": inat17,
+    "vegfru": vegfru,
+    **ULTRA_FGVC,  # cotton, soylocal, soyglobal, soygene, soyageing, soyageing_r1 ... _r6
+}
 
 
 def prepare_dataset(name: str, root: str | os.PathLike, out_dir: str | os.PathLike | None = None,
