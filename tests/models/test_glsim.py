@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from conftest import tiny_backbone
 from fgir.config import GLSimConfig
 from fgir.models.backbone import Backbone
-from fgir.models.gls import boxes_from_indices, crop_and_resize, gls_scores
+from fgir.models.gls import boxes_from_indices, crop_and_resize, gls_scores, selection_flops
 from fgir.models.glsim import GLSim
 
 
@@ -323,3 +323,12 @@ def test_vit_b16_parameter_counts_match_paper():
     assert abs(total / 1e6 - 93.04) < 0.005
     assert abs(aggregator / 1e6 - 7.09) < 0.005
     assert model.aggregator.block.attn.num_heads == 12
+
+
+def test_selection_flops_by_hand():
+    # 4 patches of width 2: cosine = 4 dot products + 4 patch norms + 1 global norm, 2 FLOPs per
+    # element: 2 * 2 * 9 = 36; a 2x2 RGB crop resize: 8 * 3 * 4 = 96.
+    assert selection_flops(4, 2, "cosine", (2, 2)) == 36 + 96
+    assert selection_flops(4, 2, "l2", (2, 2)) == 3 * 4 * 2 + 96
+    with pytest.raises(ValueError, match="unknown GLS similarity 'dot'"):
+        selection_flops(4, 2, "dot", (2, 2))

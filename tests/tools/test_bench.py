@@ -7,6 +7,7 @@ import torch
 from fgir.config import Config, ConfigError, DataConfig, ModelConfig
 from fgir.engine.checkpoint import save_checkpoint
 from fgir.models.factory import build_model
+from fgir.models.gls import selection_flops
 from fgir.tools.bench import benchmark, benchmark_target, count_flops
 
 PATCH, DIM, DEPTH, HEADS, IMAGE, CLASSES = 8, 32, 2, 2, 32, 5
@@ -102,3 +103,17 @@ def test_recipe_benchmark_applies_overrides_without_a_dataset(tmp_path):
     report = benchmark_target(recipe, [f"data.image_size={IMAGE}"], **QUICK)
     assert (report["num_classes"], report["image_size"], report["recipe"]) == (7, IMAGE, str(recipe))
     assert not (tmp_path / "never-generated").exists()
+
+
+def test_glsim_report_breaks_out_the_selection_step():
+    torch.manual_seed(0)
+    glsim = build_model(ModelConfig(**{**TINY.__dict__, "method": "glsim"}), CLASSES, IMAGE, pretrained=False)
+    report = benchmark(glsim, image_size=IMAGE, **QUICK)
+    selection = report["glsim_selection"]
+    # One encoder pass is the plain ViT's forward without its head.
+    head_flops = 2 * DIM * CLASSES
+    assert selection["encoder_pass_gflops_per_image"] * 1e9 == pytest.approx(analytic_vit_flops() - head_flops, rel=0.02)
+    assert selection["selection_gflops_per_image"] * 1e9 == selection_flops((IMAGE // PATCH) ** 2, DIM, "cosine",
+                                                                            (IMAGE, IMAGE))
+    assert 0 < selection["selection_time_share"] == pytest.approx(selection["selection_ms"] / selection["encoder_pass_ms"])
+    assert "glsim_selection" not in benchmark(tiny_model(), image_size=IMAGE, **QUICK)

@@ -100,33 +100,42 @@ class GLSim(nn.Module):
         return output
 
     def _forward_once(self, images: torch.Tensor) -> GLSimOutput:
-        height, width = images.shape[-2:]
-        grid = self.backbone.grid_for(height, width)
         tokens = self.backbone.forward_features(images)
         global_token = self._global_token(tokens)
+        scores, indices, boxes, crops = self.select(images, tokens)
+        if crops is not None:
+            crop_global = self._global_token(self._encode_crop(crops))
+            fused = torch.stack([global_token, crop_global], dim=1)
+        else:
+            patches = self.backbone.patch_tokens(tokens)
+            selected = patches.gather(1, indices.unsqueeze(-1).expand(-1, -1, patches.shape[-1]))
+            fused = torch.cat([global_token.unsqueeze(1), selected], dim=1)
+        logits = self._classify(self.aggregator(fused))
+        return GLSimOutput(logits, scores, indices, boxes, crops)
+
+    @torch.no_grad()  # selection is not differentiable: no gradient through the box choice
+    def select(
+        self, images: torch.Tensor, tokens: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The step GLSim adds between its two encoder passes: (GLS scores, top-O patch indices,
+        boxes, crops resized to the input size; crops is None for selection='tokens'). `tokens`
+        are the first pass's output for `images`."""
+        height, width = images.shape[-2:]
         patches = self.backbone.patch_tokens(tokens)
         if self.config.top_o > patches.shape[1]:
             raise ValueError(
                 f"model.glsim.top_o={self.config.top_o} exceeds the {patches.shape[1]} patches of a "
                 f"{height}x{width} image"
             )
-        with torch.no_grad():  # selection is not differentiable: no gradient through the box choice
-            scores = gls_scores(global_token, patches, self.config.similarity)
-            indices = scores.topk(self.config.top_o, dim=1).indices
-            boxes = boxes_from_indices(
-                indices, grid, self.backbone.patch_size, (height, width), self.config.box
-            )
-        crops = None
-        if self.config.selection == "crop":
-            # `reference` reproduces the paper code's crop arithmetic whole: its box and its resize.
-            crops = crop_and_resize(images, boxes, align_corners=self.config.box == "reference")
-            crop_global = self._global_token(self._encode_crop(crops))
-            fused = torch.stack([global_token, crop_global], dim=1)
-        else:
-            selected = patches.gather(1, indices.unsqueeze(-1).expand(-1, -1, patches.shape[-1]))
-            fused = torch.cat([global_token.unsqueeze(1), selected], dim=1)
-        logits = self._classify(self.aggregator(fused))
-        return GLSimOutput(logits, scores, indices, boxes, crops)
+        scores = gls_scores(self._global_token(tokens), patches, self.config.similarity)
+        indices = scores.topk(self.config.top_o, dim=1).indices
+        grid = self.backbone.grid_for(height, width)
+        boxes = boxes_from_indices(indices, grid, self.backbone.patch_size, (height, width), self.config.box)
+        if self.config.selection != "crop":
+            return scores, indices, boxes, None
+        # `reference` reproduces the paper code's crop arithmetic whole: its box and its resize.
+        crops = crop_and_resize(images, boxes, align_corners=self.config.box == "reference")
+        return scores, indices, boxes, crops
 
     def _global_token(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, D): the CLS token, or the mean patch token for backbones without one."""

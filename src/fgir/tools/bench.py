@@ -23,6 +23,8 @@ from fgir.config import Config, ConfigError, DataConfig, ModelConfig, load_confi
 from fgir.engine.checkpoint import restore_model
 from fgir.engine.device import autocast, resolve_device, resolve_precision
 from fgir.models.factory import build_model
+from fgir.models.gls import selection_flops
+from fgir.models.glsim import GLSim
 
 
 def benchmark(
@@ -69,7 +71,7 @@ def benchmark(
         train_step = training_step(model, images, num_outputs, torch_device, dtype)
         train = throughput(train_step, batch_size, warmup, iters, torch_device) if train_step else None
 
-    return {
+    report = {
         "model": name,
         "image_size": image_size,
         "num_classes": num_outputs,
@@ -89,6 +91,33 @@ def benchmark(
         "torch_version": torch.__version__,
         "warmup": warmup,
         "iters": iters,
+    }
+    if isinstance(model, GLSim):
+        report["glsim_selection"] = glsim_selection_cost(model, images, torch_device, warmup, iters)
+    return report
+
+
+@torch.inference_mode()
+def glsim_selection_cost(model: GLSim, images: torch.Tensor, device: torch.device, warmup: int,
+                         iters: int) -> dict[str, float]:
+    """GLSim's selection step (GLS scores, top-O, boxes, batched crop + resize) against one encoder
+    pass: FLOPs per image (the selection's counted by hand, see `selection_flops`) and median times
+    per batch."""
+    tokens = model.backbone.forward_features(images)
+    counter = FlopCounterMode(display=False)
+    with sdpa_kernel(SDPBackend.MATH), counter:
+        model.backbone.forward_features(images[:1])
+    encoder_flops = counter.get_total_flops()
+    num_patches = model.backbone.patch_tokens(tokens).shape[1]
+    selection = selection_flops(num_patches, model.backbone.embed_dim, model.config.similarity, images.shape[-2:])
+    encoder_ms = median_ms(lambda: model.backbone.forward_features(images), warmup, iters, device)
+    selection_ms = median_ms(lambda: model.select(images, tokens), warmup, max(iters, 10), device)
+    return {
+        "selection_gflops_per_image": selection / 1e9,
+        "encoder_pass_gflops_per_image": encoder_flops / 1e9,
+        "selection_ms": selection_ms,
+        "encoder_pass_ms": encoder_ms,
+        "selection_time_share": selection_ms / encoder_ms,
     }
 
 
