@@ -72,21 +72,27 @@ def _relative_path(path: Path, line: int, text: str) -> str:
     return text
 
 
+def _header(path: Path, rows: Iterator[tuple[csv.Reader, list[str]]], required: tuple[str, ...]) -> list[str]:
+    """The column names of the first row, which must include `required`."""
+    header = next(rows, None)
+    if header is None:
+        raise DatasetFileError(f"{path}: empty file; expected a header '{','.join(required)}' and rows")
+    columns = [name.strip() for name in header[1]]
+    missing = [name for name in required if name not in columns]
+    if missing:
+        raise DatasetFileError(
+            f"{path}:{header[0].line_num}: header must name the columns {','.join(required)}; "
+            f"missing {','.join(missing)}, got '{','.join(columns)}'"
+        )
+    return columns
+
+
 def read_split_csv(csv_path: str | os.PathLike, num_classes: int | None = None) -> SplitRows:
     """A split file with the header `class_id,dir` (more columns allowed; `x0,y0,x1,y1` are read as
     boxes when all four are present). `num_classes`, when given, bounds the labels."""
     path = Path(csv_path)
     rows = _rows(path)
-    header = next(rows, None)
-    if header is None:
-        raise DatasetFileError(f"{path}: empty file; expected a header 'class_id,dir' and rows")
-    columns = [name.strip() for name in header[1]]
-    missing = [name for name in ("class_id", "dir") if name not in columns]
-    if missing:
-        raise DatasetFileError(
-            f"{path}:{header[0].line_num}: header must name the columns class_id,dir; "
-            f"missing {','.join(missing)}, got '{','.join(columns)}'"
-        )
+    columns = _header(path, rows, ("class_id", "dir"))
     label_at, dir_at = columns.index("class_id"), columns.index("dir")
     box_at = [columns.index(name) for name in BOX_COLUMNS] if set(BOX_COLUMNS) <= set(columns) else None
     paths, labels, boxes = [], [], []
@@ -150,20 +156,31 @@ def read_class_names(names_path: str | os.PathLike) -> list[str]:
     """`class_id,class_name` rows, with or without a header (a first row whose id is not an integer).
 
     Returns the names indexed by id; ids must be exactly 0..C-1. A name containing unquoted commas
-    is kept whole.
+    is kept whole. A header naming more columns (e.g. `class_id,class_name,tag`) selects the
+    `class_name` column; its rows must then have one field per column.
     """
     path = Path(names_path)
     names: dict[int, tuple[str, int]] = {}
     first_row = True
+    columns: list[str] | None = None
     for reader, row in _rows(path):
         line = reader.line_num
         if len(row) < 2:
             raise DatasetFileError(f"{path}:{line}: expected class_id,class_name, got '{','.join(row)}'")
-        id_text, name = row[0].strip(), ",".join(row[1:]).strip()
+        id_text = row[0].strip()
         if first_row and not _is_integer(id_text):
             first_row = False
+            header = [field.strip() for field in row]
+            if len(header) > 2 and "class_name" in header:
+                columns = header
             continue  # the header
         first_row = False
+        if columns is None:
+            name = ",".join(row[1:]).strip()
+        elif len(row) != len(columns):
+            raise DatasetFileError(f"{path}:{line}: expected {len(columns)} fields like the header, got {len(row)}")
+        else:
+            name = row[columns.index("class_name")].strip()
         class_id = _label(path, line, id_text, None)
         if class_id in names:
             raise DatasetFileError(

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from fgir.config import ConfigError
-from fgir.data.prepare import aircraft, cars, cub, dogs, flowers, food, inat17, nabirds, pets, vegfru
+from fgir.data.prepare import aircraft, cars, cub, dafre, dogs, flowers, food, inat17, moeimouto, nabirds, pets, vegfru
 from fgir.data.prepare.splits import PreparedDataset, write_prepared
 from fgir.data.prepare.ultra import PREPARERS as ULTRA_FGVC
 
@@ -27,6 +27,9 @@ PREPARERS = {
     "food": food,
     "inat17": inat17,
     "vegfru": vegfru,
+    "dafre_faces": dafre.FACES,
+    "dafb": dafre.FULL,
+    "moeimouto": moeimouto,
     **ULTRA_FGVC,  # cotton, soylocal, soyglobal, soygene, soyageing, soyageing_r1 ... _r6
 }
 

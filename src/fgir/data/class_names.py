@@ -1,0 +1,135 @@
+"""Readable class names from Danbooru tags, and the Danbooru tag lists of DAF:re's tags files.
+
+A character tag is lowercase with underscores and a trailing series qualifier in parentheses,
+e.g. `edelgard_von_hresvelgr_(fire_emblem)`; people want "Edelgard von Hresvelgr (Fire Emblem)".
+Tag lists come as Python list literals (`['1girl', 'solo']`) and are parsed without evaluating code.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+from pathlib import Path
+from typing import NamedTuple
+
+from fgir.data.readers import DatasetFileError, _header, _label, _relative_path, _rows
+
+# Kept lowercase inside a name (not as its first word): name particles and short function words.
+LOWERCASE_WORDS = frozenset({"von", "van", "der", "den", "de", "di", "da", "du", "la", "le", "of", "the", "and", "no"})
+_QUALIFIER = re.compile(r"^(?P<name>.*\S)\s*\((?P<series>[^()]+)\)$")
+# Letters capitalised: at a word start and after '.', '/' or '(' ("c.c." -> "C.C.", "fate/stay night"
+# -> "Fate/Stay Night", "(lancer)" -> "(Lancer)"); not after '-', so an honorific stays lowercase ("melon-chan" -> "Melon-chan").
+_WORD_START = re.compile(r"(^|[./(])([^\W\d_])")
+
+
+class CharacterName(NamedTuple):
+    """A class name in three forms: the raw tag, the character and the series ('' if none)."""
+
+    tag: str
+    character: str
+    series: str
+
+    @property
+    def display(self) -> str:
+        return f"{self.character} ({self.series})" if self.series else self.character
+
+
+def _capitalise(words: str) -> str:
+    out = []
+    for position, word in enumerate(words.split()):
+        if position > 0 and word in LOWERCASE_WORDS:
+            out.append(word)
+        else:
+            out.append(_WORD_START.sub(lambda m: m.group(1) + m.group(2).upper(), word))
+    return " ".join(out)
+
+
+def parse_tag(tag: str) -> CharacterName:
+    """`edelgard_von_hresvelgr_(fire_emblem)` -> ('...', 'Edelgard von Hresvelgr', 'Fire Emblem').
+
+    Underscores become spaces; the LAST parenthesised group is the series (earlier ones, such as a
+    costume qualifier, stay in the character name). Letters already upper-case are kept.
+    """
+    text = " ".join(tag.replace("_", " ").split())
+    if not text:
+        raise ValueError(f"empty class tag '{tag}'")
+    match = _QUALIFIER.match(text)
+    character, series = (match["name"], match["series"]) if match else (text, "")
+    return CharacterName(tag, _capitalise(character), _capitalise(series.strip()))
+
+
+def display_name(tag: str) -> str:
+    """The readable name of a Danbooru tag, series in parentheses: 'Edelgard von Hresvelgr (Fire Emblem)'."""
+    return parse_tag(tag).display
+
+
+_FOLDER_NUMBER = re.compile(r"^\d+_")
+
+
+def folder_display_name(folder: str) -> str:
+    """moeImouto class folder -> display name: '000_hatsune_miku' -> 'Hatsune Miku'."""
+    return display_name(_FOLDER_NUMBER.sub("", folder, count=1))
+
+
+def parse_tag_list(text: str, where: str = "tag list") -> list[str]:
+    """A Python list literal of strings (`['1girl', "jack-o'-lantern"]`) -> the strings.
+
+    `ast.literal_eval` builds only literals (never calls or names), and anything but a flat list of
+    strings is refused; `where` (e.g. 'file:line: column') prefixes the error.
+    """
+    text = text.strip()
+    if not text:
+        return []
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError) as error:
+        shown = text if len(text) <= 60 else text[:57] + "..."
+        raise DatasetFileError(f"{where}: expected a list of quoted tags like ['a', 'b'], got '{shown}' ({type(error).__name__})") from None
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        kind = type(value).__name__ if not isinstance(value, list) else "list with non-string items"
+        raise DatasetFileError(f"{where}: expected a list of strings, got a {kind}")
+    return value
+
+
+TAGS_COLUMNS = ("id", "dir", "class_id", "tags_cat0", "tags_cat3", "tags_cat4")
+
+
+class ImageTags(NamedTuple):
+    """One row of a DAF:re tags file: Danbooru post id, image path, label and its tags by category
+    (0: general, 3: copyright (series), 4: character)."""
+
+    post_id: str
+    path: str
+    class_id: int
+    general: list[str]
+    copyright: list[str]
+    character: list[str]
+
+
+def read_tags_file(tags_path: str | os.PathLike, num_classes: int | None = None) -> list[ImageTags]:
+    """A `{train,val,test}_tags.csv` file with the header `id,dir,class_id,tags_cat0,tags_cat3,tags_cat4`."""
+    path = Path(tags_path)
+    rows = _rows(path)
+    columns = _header(path, rows, TAGS_COLUMNS)
+    at = {name: columns.index(name) for name in TAGS_COLUMNS}
+    out = []
+    for reader, row in rows:
+        line = reader.line_num
+        if len(row) != len(columns):
+            raise DatasetFileError(f"{path}:{line}: expected {len(columns)} fields like the header, got {len(row)}")
+        tags = [parse_tag_list(row[at[name]], f"{path}:{line}: column {name}") for name in TAGS_COLUMNS[3:]]
+        out.append(ImageTags(row[at["id"]].strip(), _relative_path(path, line, row[at["dir"]].strip()),
+                             _label(path, line, row[at["class_id"]].strip(), num_classes), *tags))
+    return out
+
+
+__all__ = [
+    "CharacterName",
+    "ImageTags",
+    "display_name",
+    "folder_display_name",
+    "parse_tag",
+    "parse_tag_list",
+    "read_tags_file",
+]
