@@ -1,0 +1,344 @@
+"""The benchmark suite: every figure against this machine's own limit and against the plain backbone.
+
+    .venv/bin/python benchmarks/suite.py --out benchmarks/results            # everything (long on a CPU)
+    .venv/bin/python benchmarks/suite.py --quick --out /tmp/bench            # small ViT, a minute or two
+    .venv/bin/python benchmarks/suite.py --parts peak decode --out /tmp/bench
+
+Parts (each writes its own table; results.json, results.md and plots go to --out):
+  peak      matmul peak of this machine (GFLOP/s, float32, and bfloat16 where supported)
+  decode    JPEG decode rate per core at typical image sizes, full vs reduced-scale (draft) decoding
+  pipeline  decode + training augmentation per core, full vs draft, against ViT-S/16's training step
+  models    every registered method on one backbone: FLOPs, inference and training throughput,
+            batch-1 latency, peak memory, fraction of the matmul-peak bound, time vs the plain ViT
+  growth    cost growth with image size: GLS selection vs attention-rollout selection vs the encoder
+  eval      how long a test-split evaluation waits on its data loader (fraction of wall time)
+Run it on a quiet machine: concurrent work skews every timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from fgir.config import DataConfig, ModelConfig
+from fgir.data import build_dataset, build_loader, build_transform, read_image
+from fgir.fileio import atomic_write_text
+from fgir.models.backbone import Backbone
+from fgir.models.factory import METHODS, build_model
+from fgir.models.gls import crop_and_resize, gls_scores, selection_flops
+from fgir.tools.attention import attention_rollout
+from fgir.tools.bench import benchmark, device_name
+from fgir.tools.plots import save_figure
+
+# Typical image sizes of the dataset families (width, height).
+IMAGE_FAMILIES = {"anime crop (DAF:re faces)": (256, 256), "CUB-like photo": (500, 375),
+                  "iNat/NABirds-like photo": (1200, 900)}
+
+
+def best_of(run: Callable[[], object], repeats: int) -> float:
+    """Shortest wall time of `repeats` calls after one warm-up call (the least disturbed run)."""
+    run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def median_of(run: Callable[[], object], repeats: int) -> float:
+    run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+# --- peak -------------------------------------------------------------------------------------
+
+def matmul_peak(quick: bool) -> dict[str, float]:
+    """GFLOP/s of large square matmuls: the bound every model figure is compared with."""
+    n = 1024 if quick else 2048
+    result = {}
+    for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        try:
+            seconds = best_of(lambda a=a, b=b: torch.mm(a, b), 3 if quick else 10)
+        except RuntimeError:  # no bf16 matmul kernel on this CPU
+            continue
+        result[f"{name}_gflops"] = 2 * n**3 / seconds / 1e9
+    return result
+
+
+# --- decode and pipeline ----------------------------------------------------------------------
+
+def photo_like_jpeg(size: tuple[int, int], seed: int = 0) -> bytes:
+    """A JPEG with photo-like entropy (smooth shapes plus sensor-like noise), quality 90."""
+    rng = np.random.default_rng(seed)
+    width, height = size
+    y, x = np.mgrid[0:height, 0:width]
+    base = np.stack([127 + 100 * np.sin(x / (17 + 9 * c) + y / (23 + 5 * c) + c) for c in range(3)], axis=-1)
+    pixels = np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def decode_rates(folder: Path, quick: bool, target: int = 300) -> list[dict]:
+    """Images per second (one thread) decoding each family's JPEG fully, and in draft mode for a
+    `target` px square (the 224 recipe's resize size)."""
+    rows = []
+    repeats = 5 if quick else 20
+    for family, size in IMAGE_FAMILIES.items():
+        path = folder / f"{size[0]}x{size[1]}.jpg"
+        path.write_bytes(photo_like_jpeg(size))
+        full = median_of(lambda path=path: read_image(path), repeats)
+        draft = median_of(lambda path=path: read_image(path, min_size=(target, target)), repeats)
+        rows.append({"family": family, "size": f"{size[0]}x{size[1]}", "full_img_per_s": 1 / full,
+                     "draft_img_per_s": 1 / draft, "draft_speedup": full / draft})
+    return rows
+
+
+def pipeline_rates(folder: Path, quick: bool, vit_s_train_img_per_s_per_core: float | None) -> list[dict]:
+    """Decode + weak training augmentation at 224 px per core (one thread): full decoding, draft
+    decoding, and reading the pre-resized copy `fgir data cache` writes (short side 300, JPEG q95)."""
+    data = DataConfig(image_size=224, augment="weak")
+    transform = build_transform(data, train=True)
+    target = round(data.resize_ratio * data.image_size)
+    repeats = 5 if quick else 20
+    rows = []
+    for family, size in IMAGE_FAMILIES.items():
+        path = folder / f"{size[0]}x{size[1]}.jpg"
+        if not path.exists():
+            path.write_bytes(photo_like_jpeg(size))
+        cached = folder / f"cached-{size[0]}x{size[1]}.jpg"
+        image = read_image(path)
+        scale = min(1.0, target / min(image.size))
+        image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.BICUBIC).save(
+            cached, quality=95)
+        full = median_of(lambda path=path: transform(read_image(path)), repeats)
+        draft = median_of(lambda path=path: transform(read_image(path, min_size=(target, target))), repeats)
+        from_cache = median_of(lambda cached=cached: transform(read_image(cached)), repeats)
+        row = {"family": family, "size": f"{size[0]}x{size[1]}", "full_img_per_s": 1 / full,
+               "draft_img_per_s": 1 / draft, "draft_speedup": full / draft, "cached_img_per_s": 1 / from_cache,
+               "cached_speedup": full / from_cache}
+        if vit_s_train_img_per_s_per_core:
+            row["x_vit_s16_train_step_per_core"] = (1 / draft) / vit_s_train_img_per_s_per_core
+        rows.append(row)
+    return rows
+
+
+# --- models -----------------------------------------------------------------------------------
+
+def model_rows(backbone: str, image_sizes: list[int], methods: list[str], batch_size: int, iters: int,
+               peak_gflops: float | None) -> list[dict]:
+    rows = []
+    for image_size in image_sizes:
+        plain_time = None
+        for method in methods:
+            config = ModelConfig(method=method, backbone=backbone, pretrained=False)
+            try:
+                report = benchmark(config, num_classes=200, image_size=image_size, device="cpu",
+                                   batch_size=batch_size, warmup=1, iters=iters)
+            except Exception as error:  # noqa: BLE001 - one broken method must not hide the others
+                print(f"  {method} at {image_size}: failed: {error}", file=sys.stderr)
+                rows.append({"method": method, "image_size": image_size, "error": str(error)})
+                continue
+            row = {"method": method, **{k: report[k] for k in (
+                "image_size", "params_total", "params_trainable", "gflops_per_image", "infer_img_per_s",
+                "latency_ms_batch1", "train_img_per_s", "peak_memory_mb")}}
+            if peak_gflops:
+                row["infer_peak_fraction"] = report["gflops_per_image"] * report["infer_img_per_s"] / peak_gflops
+                if report["train_img_per_s"]:
+                    # A training step costs about 3 forward passes (forward, and backward for inputs and weights).
+                    row["train_peak_fraction"] = 3 * report["gflops_per_image"] * report["train_img_per_s"] / peak_gflops
+            if method == "vit":
+                plain_time = 1 / report["infer_img_per_s"]
+            if plain_time:
+                row["time_vs_vit"] = (1 / report["infer_img_per_s"]) / plain_time
+            rows.append(row)
+            print(f"  {method} at {image_size}: {row}", file=sys.stderr, flush=True)
+    return rows
+
+
+# --- growth -----------------------------------------------------------------------------------
+
+@torch.inference_mode()
+def growth_rows(backbone_name: str, sizes: list[int], quick: bool) -> list[dict]:
+    """Per image size (batch 1): encoder pass, GLS selection (scores + top-8 + crop + resize) and
+    attention-rollout selection (attention maps recorded, heads averaged, L products of T x T)."""
+    rows = []
+    for size in sizes:
+        backbone = Backbone.create(backbone_name, pretrained=False, img_size=size).eval()
+        images = torch.randn(1, 3, size, size)
+        tokens = backbone.forward_features(images)
+        patches = backbone.patch_tokens(tokens)
+        num_patches, dim = patches.shape[1], patches.shape[2]
+        boxes = torch.tensor([[0, 0, size // 2, size // 2]])
+
+        def gls() -> None:
+            gls_scores(tokens[:, 0], patches, "cosine").topk(8, dim=1)
+            crop_and_resize(images, boxes)
+
+        repeats = 2 if quick else 5
+        encoder_s = median_of(lambda: backbone.forward_features(images), repeats)
+        gls_s = median_of(gls, max(repeats, 10))
+        rollout_s = median_of(lambda: attention_rollout(backbone, images), repeats)
+        tokens_count = num_patches + backbone.num_prefix_tokens
+        rows.append({
+            "image_size": size, "tokens": tokens_count,
+            "encoder_ms": 1e3 * encoder_s, "gls_ms": 1e3 * gls_s,
+            # Rollout re-runs the encoder to record the maps; its own cost is the rest.
+            "rollout_ms": 1e3 * rollout_s, "rollout_extra_ms": 1e3 * max(rollout_s - encoder_s, 0.0),
+            "gls_gflops": selection_flops(num_patches, dim, "cosine", (size, size)) / 1e9,
+            # L - 1 products of T x T matrices (2 T^3 FLOPs each) + head averaging: grows like L * N^3.
+            "rollout_gflops": (backbone.num_blocks - 1) * 2 * tokens_count**3 / 1e9,
+        })
+        print(f"  growth {size}: {rows[-1]}", file=sys.stderr, flush=True)
+    return rows
+
+
+# --- eval loader wait -------------------------------------------------------------------------
+
+def eval_wait(folder: Path, num_images: int, backbone: str, batch_size: int) -> dict:
+    """Evaluate `num_images` CUB-like JPEGs with the default loader settings and measure the time
+    spent waiting for the next batch vs the whole pass."""
+    image_dir = folder / "eval-images"
+    image_dir.mkdir(exist_ok=True)
+    jpeg = photo_like_jpeg(IMAGE_FAMILIES["CUB-like photo"])
+    for i in range(num_images):
+        (image_dir / f"{i}.jpg").write_bytes(jpeg)
+    (folder / "test.csv").write_text("class_id,dir\n" + "".join(f"{i % 10},{i}.jpg\n" for i in range(num_images)))
+    data = DataConfig(name="bench", format="csv", root=str(folder), image_dir="eval-images", train="test.csv",
+                      val=None, test="test.csv", num_classes=10, image_size=224)
+    dataset = build_dataset(data, "test", build_transform(data, train=False))
+    loader = build_loader(dataset, batch_size=batch_size, train=False, seed=0, num_workers=data.num_workers)
+    model = build_model(ModelConfig(backbone=backbone, pretrained=False), 10, 224).eval()
+    waited = 0.0
+    start = time.perf_counter()
+    with torch.inference_mode():
+        iterator = iter(loader)
+        while True:
+            before = time.perf_counter()
+            try:
+                images, _ = next(iterator)
+            except StopIteration:
+                break
+            waited += time.perf_counter() - before
+            model(images)
+    total = time.perf_counter() - start
+    return {"images": num_images, "backbone": backbone, "batch_size": batch_size,
+            "workers": loader.num_workers, "total_s": total, "loader_wait_s": waited, "wait_fraction": waited / total}
+
+
+# --- report -----------------------------------------------------------------------------------
+
+def markdown_table(rows: list[dict]) -> str:
+    if not rows:
+        return "(none)\n"
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(row.get(column)) for column in columns) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return "" if value is None else str(value)
+
+
+def growth_plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    sizes = [row["image_size"] for row in rows]
+    for key, label in (("encoder_ms", "encoder pass"), ("gls_ms", "GLS selection"), ("rollout_extra_ms", "rollout (extra)")):
+        left.plot(sizes, [row[key] for row in rows], marker="o", label=label)
+    left.set(xlabel="image size (px)", ylabel="ms (batch 1)", yscale="log", title="time")
+    for key, label in (("gls_gflops", "GLS selection"), ("rollout_gflops", "rollout")):
+        right.plot(sizes, [row[key] for row in rows], marker="o", label=label)
+    right.set(xlabel="image size (px)", ylabel="GFLOPs", yscale="log", title="FLOPs")
+    left.legend()
+    right.legend()
+    save_figure(figure, path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--quick", action="store_true", help="small ViT, fewer repeats")
+    parser.add_argument("--parts", nargs="+", default=["peak", "decode", "pipeline", "models", "growth", "eval"])
+    parser.add_argument("--backbone", default=None, help="default: vit_base_patch16_224 (vit_tiny_patch16_224 with --quick)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=None, help="model table image sizes (default 224)")
+    parser.add_argument("--methods", nargs="+", default=None, help="default: every registered method")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--iters", type=int, default=3)
+    parser.add_argument("--eval-images", type=int, default=1000)
+    args = parser.parse_args()
+    backbone = args.backbone or ("vit_tiny_patch16_224" if args.quick else "vit_base_patch16_224")
+    out = Path(args.out)
+    results: dict = {"date": date.today().isoformat(), "machine": device_name(torch.device("cpu")),
+                     "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                     "torch": torch.__version__, "python": platform.python_version(), "backbone": backbone}
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch)
+        if "peak" in args.parts:
+            results["peak"] = matmul_peak(args.quick)
+            print(f"peak: {results['peak']}", file=sys.stderr, flush=True)
+        peak = results.get("peak", {}).get("float32_gflops")
+        if "decode" in args.parts:
+            results["decode"] = decode_rates(folder, args.quick)
+        if "pipeline" in args.parts:
+            vit_s = benchmark(ModelConfig(backbone="vit_small_patch16_224", pretrained=False), num_classes=200,
+                              image_size=224, device="cpu", batch_size=args.batch_size, warmup=1, iters=args.iters)
+            per_core = vit_s["train_img_per_s"] / torch.get_num_threads()
+            results["vit_s16_train_img_per_s"] = vit_s["train_img_per_s"]
+            results["pipeline"] = pipeline_rates(folder, args.quick, per_core)
+        if "models" in args.parts:
+            methods = args.methods or list(METHODS)
+            methods = ["vit", *[m for m in methods if m != "vit"]]
+            results["models"] = model_rows(backbone, args.sizes or [224], methods, args.batch_size, args.iters, peak)
+        if "growth" in args.parts:
+            sizes = [224, 320] if args.quick else [224, 320, 448, 640]
+            results["growth"] = growth_rows(backbone, sizes, args.quick)
+            growth_plot(results["growth"], out / "growth.png")
+        if "eval" in args.parts:
+            results["eval"] = eval_wait(folder, args.eval_images, "vit_small_patch16_224", 64)
+    sections = [f"# Benchmark suite: {results['machine']}, {results['cores']} cores, torch {results['torch']}, "
+                f"{results['date']}\n", f"backbone for the model table: {backbone}\n"]
+    for key in ("peak", "eval"):
+        if key in results:
+            sections.append(f"## {key}\n\n" + markdown_table([results[key]]))
+    for key in ("decode", "pipeline", "models", "growth"):
+        if key in results:
+            sections.append(f"## {key}\n\n" + markdown_table(results[key]))
+    atomic_write_text(out / "results.json", json.dumps(results, indent=1) + "\n")
+    atomic_write_text(out / "results.md", "\n".join(sections))
+    print("\n".join(sections))
+
+
+if __name__ == "__main__":
+    main()
