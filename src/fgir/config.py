@@ -85,6 +85,17 @@ class GLSimConfig:
 
 
 @dataclass
+class IFAConfig:
+    """IFA head (spec/anime.md, method vit_ifa): a learned weighted sum of every layer's CLS, ReLU,
+    LayerNorm, Linear; optionally the layer-wise exclusion loss (off in the reference by default)."""
+
+    exclusion_loss: bool = False
+    exclusion_weight: float = 0.01  # times temperature^2, subtracted from the classification loss
+    temperature: float = 1.0
+    exclusion_distance: int = 2  # layer i is compared with layer i + distance
+
+
+@dataclass
 class PeftConfig:
     """Frozen-backbone methods (spec/ila.md): ILA, ILA+, ILA++ and the PEFT baselines. The backbone is
     frozen; what else trains is listed here."""
@@ -123,6 +134,7 @@ class ModelConfig:
     # From scratch, a random head lets gradients reach the backbone from the first step.
     zero_init_head: bool = True
     glsim: GLSimConfig = field(default_factory=GLSimConfig)
+    ifa: IFAConfig = field(default_factory=IFAConfig)
     peft: PeftConfig = field(default_factory=PeftConfig)
 
 
@@ -308,9 +320,11 @@ def apply_overrides(config: Config, overrides: list[str]) -> Config:
 
 POSITIVE = ("train.lr", "train.epochs", "train.grad_accum_steps", "train.eval_every", "train.max_bad_steps",
             "data.image_size", "data.batch_size", "data.eval_batch_size", "data.resize_ratio", "model.glsim.top_o",
+            "model.ifa.temperature", "model.ifa.exclusion_distance",
             "model.peft.bottleneck", "model.peft.prompt_length", "model.peft.lora_rank", "model.peft.lora_alpha")
 NON_NEGATIVE = ("train.warmup_steps", "train.weight_decay", "train.grad_clip", "train.min_lr", "train.warmup_lr",
-                "train.checkpoint_every_steps")
+                "train.checkpoint_every_steps",
+                "model.ifa.exclusion_weight")
 
 
 def _value(config: Config, key: str) -> Any:
@@ -362,6 +376,7 @@ __all__ = [
     "ConfigError",
     "DataConfig",
     "GLSimConfig",
+    "IFAConfig",
     "ModelConfig",
     "SyntheticConfig",
     "TrainConfig",

@@ -11,7 +11,9 @@ from torch import nn
 from fgir.config import ConfigError, ModelConfig
 from fgir.models.backbone import Backbone
 from fgir.models.classifier import ViTClassifier
+from fgir.models.cnn import build_cnn
 from fgir.models.glsim import build_glsim
+from fgir.models.ifa import build_ifa
 
 Builder = Callable[[Backbone, int, ModelConfig], nn.Module]
 
@@ -23,6 +25,12 @@ def _build_vit(backbone: Backbone, num_classes: int, model: ModelConfig) -> nn.M
 METHODS: dict[str, Builder] = {
     "vit": _build_vit,
     "glsim": build_glsim,
+    "vit_ifa": build_ifa,
+}
+
+# Methods that build their own network instead of one around a ViT Backbone.
+NETWORKS: dict[str, Callable[[ModelConfig, int, bool | None], nn.Module]] = {
+    "cnn": build_cnn,
 }
 
 
@@ -40,9 +48,12 @@ def build_backbone(model: ModelConfig, image_size: int, pretrained: bool | None 
 def build_model(model: ModelConfig, num_classes: int, image_size: int, pretrained: bool | None = None) -> nn.Module:
     """Build the method named by `model.method`. `pretrained=False` skips weight loading (used when
     a checkpoint will overwrite every weight anyway)."""
-    if model.method not in METHODS:
-        close = difflib.get_close_matches(model.method, list(METHODS), n=1)
+    known = [*METHODS, *NETWORKS]
+    if model.method not in known:
+        close = difflib.get_close_matches(model.method, known, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise ConfigError(f"unknown method model.method='{model.method}' (known: {', '.join(METHODS)}){hint}")
+        raise ConfigError(f"unknown method model.method='{model.method}' (known: {', '.join(known)}){hint}")
+    if model.method in NETWORKS:
+        return NETWORKS[model.method](model, num_classes, pretrained)
     backbone = build_backbone(model, image_size, pretrained)
     return METHODS[model.method](backbone, num_classes, model)

@@ -1,5 +1,5 @@
-"""Where a ViT's weights come from: the Hugging Face hub (online, or its local cache), a local file or
-folder, or nowhere (random init).
+"""Where a backbone's weights come from (a ViT, or any timm model such as the CNN baselines): the
+Hugging Face hub (online, or its local cache), a local file or folder, or nowhere (random init).
 
 Every source ends as one local file that timm's own loader reads, so timm's checkpoint filter adapts
 foreign layouts and resamples position embeddings to the image size asked for, and Google's original
@@ -23,6 +23,7 @@ import torch
 from huggingface_hub import constants as hub_constants
 from huggingface_hub.errors import EntryNotFoundError
 from timm.models.vision_transformer import VisionTransformer
+from torch import nn
 
 from fgir.errors import FgirError
 
@@ -72,12 +73,21 @@ def create_vit(
     `timm.create_model` (e.g. `patch_size`, `reg_tokens`, `dynamic_img_size`).
     """
     _require_vit(name)
-    model_args = dict(img_size=img_size, drop_path_rate=drop_path_rate, **timm_kwargs)
+    return create_headless(name, pretrained=pretrained, weights=weights, img_size=img_size,
+                           drop_path_rate=drop_path_rate, **timm_kwargs)
+
+
+def create_headless(
+    name: str, *, pretrained: bool, weights: str | os.PathLike | None = None, **model_args: Any
+) -> nn.Module:
+    """Any timm model (e.g. a ResNet) without its classifier, weights from the same sources and with
+    the same checks as `create_vit`; `model_args` go to `timm.create_model`."""
+    _require_known(name)
     if not pretrained:
         return timm.create_model(name, pretrained=False, num_classes=0, **model_args)
     path = weight_file(weights) if weights is not None else fetch_hub_weights(name)
     _log.info("%s: loading weights from %s", name, path)
-    return _load_vit(name, path, model_args)
+    return _load_headless(name, path, model_args)
 
 
 def weight_file(weights: str | os.PathLike) -> Path:
@@ -200,21 +210,21 @@ def _weight_file_in(folder: Path) -> Path:
     return candidates[0]
 
 
-def _load_vit(name: str, path: Path, model_args: dict[str, Any]) -> VisionTransformer:
+def _load_headless(name: str, path: Path, model_args: dict[str, Any]) -> nn.Module:
     # Built with the file's own head size so that timm loads strictly (a head-size mismatch would make
     # it ignore missing keys too); the head is then dropped, as it belongs to the method.
     head_rows = _head_rows(name, path)
     overlay = dict(file=str(path), custom_load=path.suffix == ".npz", num_classes=head_rows)
     try:
-        vit = timm.create_model(
+        network = timm.create_model(
             name, pretrained=True, pretrained_cfg_overlay=overlay, num_classes=head_rows, **model_args
         )
     except (RuntimeError, KeyError, ValueError) as err:
         raise InvalidWeightsError(
             f"weights file {path} does not fit {name} built with {model_args}: {err}"
         ) from err
-    vit.reset_classifier(0)
-    return vit
+    network.reset_classifier(0)
+    return network
 
 
 def _head_rows(name: str, path: Path) -> int:
