@@ -1,0 +1,182 @@
+"""In-block adapters on a frozen ViT: parallel bottleneck adapters (ADPT, AdaptFormer-style; also the
+in-block part of ILA++) and ConvPass (a 3x3 convolution on the patch grid inside the bottleneck).
+
+An adapter sits beside a block's attention and beside its MLP: it reads what the sub-layer reads
+(the normed tokens) and its output is added to the sub-layer's output. It is attached with a forward
+hook on `block.attn` / `block.mlp` and stored as `block.attn_adapter` / `block.mlp_adapter`, so timm's
+Block is not forked and every original module and parameter keeps its name and type (LoRA targets,
+attention probes and weight loading see the plain ViT). The adapter output goes through the block's
+layer scale and drop path with the sub-layer's (both identities in the original ViT-B/16).
+
+Up-projections start at zero, so an adapted model starts as the frozen model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from fgir.config import ModelConfig
+from fgir.models.backbone import Backbone
+from fgir.models.peft.freezing import freeze_backbone
+from fgir.models.peft.frozen_classifier import FrozenClassifier, Grid
+
+SITES = ("attn", "mlp")
+
+
+@torch.no_grad()
+def init_bottleneck(down: nn.Linear, up: nn.Linear) -> None:
+    """Xavier down-projection, zero up-projection: the adapter adds nothing at the start."""
+    nn.init.xavier_uniform_(down.weight)
+    nn.init.zeros_(down.bias)
+    nn.init.zeros_(up.weight)
+    nn.init.zeros_(up.bias)
+
+
+class ParallelAdapter(nn.Module):
+    """Base of in-block adapters: `forward(x)` is what gets added to the sub-layer's output."""
+
+    def add_to_output(self, sublayer: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        """Forward hook on the sub-layer (a bound method, so deep copies rebind it to the copy)."""
+        return output + self(args[0])
+
+
+class BottleneckAdapter(ParallelAdapter):
+    """x -> dropout(up(GELU(down(x)))) * scale; 2*D*d + d + D parameters (13,064 for D=768, d=8)."""
+
+    def __init__(self, dim: int, bottleneck: int = 8, *, dropout: float = 0.1, scale: float = 1.0):
+        super().__init__()
+        self.scale = scale
+        self.down = nn.Linear(dim, bottleneck)
+        self.act = nn.GELU()
+        self.up = nn.Linear(bottleneck, dim)
+        self.dropout = nn.Dropout(dropout)
+        init_bottleneck(self.down, self.up)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.up(self.act(self.down(tokens)))) * self.scale
+
+
+class QuickGELU(nn.Module):
+    """ConvPass's activation (CLIP's GELU approximation)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+class ConvPass(ParallelAdapter):
+    """ConvPass (Jie & Deng, 2022): down-projection, QuickGELU, 3x3 convolution (padding 1) over the
+    patch grid, QuickGELU, up-projection, dropout, times `scale`. Prefix tokens (CLS, registers) go
+    through the convolution as 1x1 maps, i.e. through its centre tap only.
+    13,648 parameters for D=768, d=8 (down 6,152, conv 584, up 6,912). The convolution starts as the
+    identity (centre tap = identity matrix), the up-projection at zero.
+
+    `grid` must be set to the patch grid of the current images before the forward pass
+    (`ConvPassClassifier` does it)."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_prefix_tokens: int,
+        bottleneck: int = 8,
+        *,
+        dropout: float = 0.1,
+        scale: float = 1.0,
+    ):
+        super().__init__()
+        self.num_prefix_tokens = num_prefix_tokens
+        self.scale = scale
+        self.grid: Grid | None = None
+        self.down = nn.Linear(dim, bottleneck)
+        self.conv = nn.Conv2d(bottleneck, bottleneck, 3, padding=1)
+        self.act = QuickGELU()
+        self.up = nn.Linear(bottleneck, dim)
+        self.dropout = nn.Dropout(dropout)
+        init_bottleneck(self.down, self.up)
+        with torch.no_grad():
+            nn.init.zeros_(self.conv.weight)
+            self.conv.weight[:, :, 1, 1] = torch.eye(bottleneck)
+            nn.init.zeros_(self.conv.bias)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self.grid is None:
+            raise RuntimeError("ConvPass.grid is not set: set it to the patch grid (rows, columns) first")
+        height, width = self.grid
+        prefix = self.num_prefix_tokens
+        if tokens.shape[1] != prefix + height * width:
+            raise ValueError(
+                f"ConvPass got {tokens.shape[1]} tokens, expected {prefix + height * width} "
+                f"({prefix} prefix + {height}x{width} patch grid)"
+            )
+        hidden = self.act(self.down(tokens))
+        patches = hidden[:, prefix:].transpose(1, 2).reshape(tokens.shape[0], -1, height, width)
+        patches = self.conv(patches).flatten(2).transpose(1, 2)
+        prefix_hidden = F.linear(hidden[:, :prefix], self.conv.weight[:, :, 1, 1], self.conv.bias)
+        hidden = self.act(torch.cat([prefix_hidden, patches], dim=1))
+        return self.dropout(self.up(hidden)) * self.scale
+
+
+def attach_parallel_adapters(
+    backbone: Backbone, make_adapter: Callable[[], ParallelAdapter], sites: tuple[str, ...] = SITES
+) -> list[ParallelAdapter]:
+    """Put a new adapter beside `block.<site>` for every block and site; returns them in block
+    order. Call after `freeze_backbone` (adapters attached later are not frozen)."""
+    unknown = [site for site in sites if site not in SITES]
+    if unknown:
+        raise ValueError(f"adapter sites {unknown}: known sites are {list(SITES)}")
+    adapters = []
+    for index, block in enumerate(backbone.blocks):
+        for site in sites:
+            sublayer = getattr(block, site, None)
+            if not isinstance(sublayer, nn.Module):
+                raise ValueError(
+                    f"{backbone.model_name} block {index} ({type(block).__name__}) has no '{site}' module "
+                    "to put an adapter beside"
+                )
+            if hasattr(block, f"{site}_adapter"):
+                raise ValueError(f"{backbone.model_name} block {index} already has a '{site}_adapter'")
+            adapter = make_adapter()
+            block.add_module(f"{site}_adapter", adapter)
+            sublayer.register_forward_hook(adapter.add_to_output)
+            adapters.append(adapter)
+    return adapters
+
+
+class ConvPassClassifier(FrozenClassifier):
+    """A frozen classifier whose ConvPass adapters learn the patch grid of each batch."""
+
+    def __init__(
+        self, backbone: Backbone, num_classes: int, adapters: list[ConvPass], *, zero_init_head: bool
+    ):
+        super().__init__(backbone, num_classes, zero_init_head=zero_init_head)
+        self._convpass = adapters  # plain list: the modules are registered in the blocks already
+
+    def before_blocks(self, grid: Grid) -> None:
+        for adapter in self._convpass:
+            adapter.grid = grid
+
+
+def build_adapter(backbone: Backbone, num_classes: int, model: ModelConfig) -> FrozenClassifier:
+    """ADPT: parallel bottleneck adapters beside attention and MLP in every block."""
+    peft = model.peft
+    freeze_backbone(backbone, peft)
+    attach_parallel_adapters(
+        backbone, lambda: BottleneckAdapter(backbone.embed_dim, peft.bottleneck, dropout=peft.dropout)
+    )
+    return FrozenClassifier(backbone, num_classes, zero_init_head=model.zero_init_head)
+
+
+def build_convpass(backbone: Backbone, num_classes: int, model: ModelConfig) -> FrozenClassifier:
+    """ConvPass beside attention and MLP in every block."""
+    peft = model.peft
+    freeze_backbone(backbone, peft)
+    adapters = attach_parallel_adapters(
+        backbone,
+        lambda: ConvPass(
+            backbone.embed_dim, backbone.num_prefix_tokens, peft.bottleneck, dropout=peft.dropout
+        ),
+    )
+    return ConvPassClassifier(backbone, num_classes, adapters, zero_init_head=model.zero_init_head)
