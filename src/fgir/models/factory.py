@@ -14,6 +14,9 @@ from fgir.models.classifier import ViTClassifier
 from fgir.models.cnn import build_cnn
 from fgir.models.glsim import build_glsim
 from fgir.models.ifa import build_ifa
+from fgir.models.ila import build_ila, build_ila_plus, build_ila_pp
+from fgir.models.peft.adapters import build_adapter, build_convpass
+from fgir.models.peft.linear_probe import build_linear
 
 Builder = Callable[[Backbone, int, ModelConfig], nn.Module]
 
@@ -26,6 +29,12 @@ METHODS: dict[str, Builder] = {
     "vit": _build_vit,
     "glsim": build_glsim,
     "vit_ifa": build_ifa,
+    "ila": build_ila,
+    "ila_plus": build_ila_plus,
+    "ila_pp": build_ila_pp,
+    "adapter": build_adapter,
+    "convpass": build_convpass,
+    "linear": build_linear,
 }
 
 # Methods that build their own network instead of one around a ViT Backbone.
