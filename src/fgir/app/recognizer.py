@@ -1,0 +1,110 @@
+"""One uploaded picture in, what the demo page shows out: the top-5 classes with probabilities and
+where the model looked (GLSim: the GLS similarity map and its crop; another ViT: the last block's
+CLS attention). Knows nothing of Gradio, so it is testable and reusable on its own.
+
+    recognizer = Recognizer.from_checkpoint("runs/dafre-glsim")
+    answer = recognizer.answer("photo.jpg", "photo.jpg")
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import torch
+
+from fgir.app.limits import open_upload
+from fgir.config import DataConfig
+from fgir.data import build_dataset
+from fgir.engine.checkpoint import load_checkpoint
+from fgir.errors import FgirError
+from fgir.models.backbone import Backbone
+from fgir.models.glsim import GLSim
+from fgir.tools.attention import last_layer_cls_attention
+from fgir.tools.explain import _heat
+from fgir.tools.predictor import Predictor
+
+TOP_K = 5
+EXAMPLE_COUNT = 4
+
+
+@dataclass(frozen=True)
+class Answer:
+    top: dict[str, float]  # class name -> probability, most probable first
+    heat_map: np.ndarray | None  # (H, W, 3) uint8: the model's input with the map blended over it
+    crop: np.ndarray | None  # (h, w, 3) uint8: the part of the input GLSim looked at twice
+
+
+class Recognizer:
+    """A predictor plus what the page needs around it: the explanation maps and example pictures."""
+
+    def __init__(self, predictor: Predictor, data: DataConfig, examples: list[str] | None = None):
+        self.predictor = predictor
+        self.mean, self.std = (torch.tensor(v).view(3, 1, 1) for v in (data.mean, data.std))
+        self.examples = examples or []
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, device: str = "auto") -> Recognizer:
+        """Class names come from the checkpoint; examples only if its dataset is on disk."""
+        data = load_checkpoint(path).config.data
+        return cls(Predictor.from_checkpoint(path, device=device), data, example_images(data))
+
+    @property
+    def is_glsim(self) -> bool:
+        return isinstance(self.predictor.model, GLSim)
+
+    def answer(self, path: str | os.PathLike, name: str) -> Answer:
+        """Classify the upload at `path`; `name` is how errors refer to it (raises UploadError)."""
+        image = open_upload(path, name)
+        (prediction,) = self.predictor.predict([image], topk=TOP_K)
+        top = {score.class_name: score.probability for score in prediction.topk}
+        batch = self.predictor.transform(image).unsqueeze(0)
+        shown = (batch[0] * self.std + self.mean).clamp(0, 1).permute(1, 2, 0).numpy()
+        heat_map, crop = self._where_it_looked(batch.to(self.predictor.device), shown)
+        return Answer(top, heat_map, crop)
+
+    def _where_it_looked(self, batch: torch.Tensor, shown: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+        model, size = self.predictor.model, batch.shape[-2:]
+        backbone = getattr(model, "backbone", None)
+        if isinstance(model, GLSim):
+            with torch.inference_mode():
+                details = model.forward_details(batch)
+            x0, y0, x1, y1 = (int(v) for v in details.boxes[0].tolist())
+            scores = details.scores[0].reshape(backbone.grid_for(*size))
+            return overlay(shown, _heat(scores, size)), to_uint8(shown[y0:y1, x0:x1])
+        if isinstance(backbone, Backbone):
+            return overlay(shown, _heat(last_layer_cls_attention(backbone, batch)[0], size)), None
+        return None, None  # e.g. a CNN baseline: no map to show
+
+
+def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """`heat` in [0, 1] coloured with jet (as in the explanation figures) and blended over `image`."""
+    coloured = matplotlib.colormaps["jet"](heat)[..., :3]
+    return to_uint8((1 - alpha) * image + alpha * coloured)
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    return np.rint(np.clip(image, 0, 1) * 255).astype(np.uint8)
+
+
+def example_images(data: DataConfig, count: int = EXAMPLE_COUNT) -> list[str]:
+    """Up to `count` test images (val if there is no test split), of different classes, when the
+    dataset is on disk; none otherwise (a checkpoint serves without its dataset)."""
+    root = Path(data.root)
+    if not root.is_dir() or not any(root.iterdir()):  # an empty root would make a synthetic set generate
+        return []
+    for split in ("test", "val"):
+        try:
+            dataset = build_dataset(data, split, transform=None)
+        except (FgirError, OSError, ValueError):
+            continue
+        first_of_class: dict[int, str] = {}
+        for path, label in zip(dataset.paths, dataset.labels, strict=True):
+            first_of_class.setdefault(label, path)
+            if len(first_of_class) == count:
+                break
+        return [path for path in first_of_class.values() if Path(path).is_file()]
+    return []

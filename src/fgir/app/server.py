@@ -1,0 +1,93 @@
+"""`fgir serve`: the Gradio page around a Recognizer, on 127.0.0.1 unless told otherwise and with
+no public link unless `share` is asked for.
+
+    app = build_app(Recognizer.from_checkpoint("runs/dafre-glsim"))
+    launch(app, port=7860)
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import sys
+from functools import partial
+
+import gradio as gr
+
+from fgir.app.limits import ACCEPTED_FORMATS, MAX_PIXELS, MAX_UPLOAD_BYTES, UploadError
+from fgir.app.recognizer import TOP_K, Recognizer
+
+NO_IMAGE = "Choose, drop or paste a picture first."
+IMAGE_HEIGHT = 280  # pixels on the page; small model inputs (and crops) are scaled up to it
+
+
+def build_app(recognizer: Recognizer) -> gr.Blocks:
+    """The page: a picture in; the top classes, the heat map and (GLSim) the crop out."""
+    where = "GLS similarity to the global token" if recognizer.is_glsim else "last-layer CLS attention"
+    with gr.Blocks(title="fgir", analytics_enabled=False) as app:
+        gr.Markdown(
+            f"### What is in the picture?\nThe top {TOP_K} of {len(recognizer.predictor.class_names)} classes. "
+            f"Images only ({', '.join(ACCEPTED_FORMATS)}), at most {MAX_UPLOAD_BYTES // 2**20} MB and "
+            f"{MAX_PIXELS // 10**6} megapixels."
+        )
+        with gr.Row():
+            with gr.Column():
+                picture = gr.Image(label="picture", type="filepath", sources=["upload", "clipboard"],
+                                   height=IMAGE_HEIGHT, elem_id="picture")
+                submit = gr.Button("Recognise", variant="primary")
+            with gr.Column():
+                classes = gr.Label(label=f"top {TOP_K}", num_top_classes=TOP_K, elem_id="classes")
+                heat_map = gr.Image(label=f"where the model looked: {where}", interactive=False, height=IMAGE_HEIGHT,
+                                    elem_id="heat-map")
+                crop = gr.Image(label="the crop GLSim looked at again", interactive=False, height=IMAGE_HEIGHT,
+                                elem_id="crop", visible=recognizer.is_glsim)
+        if recognizer.examples:
+            gr.Examples(recognizer.examples, inputs=picture, label="examples from the test split")
+        # preprocess=False: the callback checks the raw upload itself, so a bad file gets our
+        # readable message instead of a decoding error inside Gradio.
+        submit.click(partial(respond, recognizer), inputs=picture, outputs=[classes, heat_map, crop],
+                     preprocess=False)
+    return app
+
+
+def respond(recognizer: Recognizer, upload: dict | None) -> tuple[dict[str, float], object, object]:
+    """The click handler: Gradio's file payload in, the three outputs out; refusals become gr.Error,
+    which the page shows as a message."""
+    if not upload or not upload.get("path"):
+        raise gr.Error(NO_IMAGE)
+    try:
+        answer = recognizer.answer(upload["path"], upload.get("orig_name") or "the picture")
+    except UploadError as err:
+        raise gr.Error(str(err)) from err
+    return answer.top, answer.heat_map, answer.crop
+
+
+def host_warning(host: str, share: bool) -> str | None:
+    """What to tell the user when the page can be reached from beyond this machine."""
+    if share:
+        return "warning: --share opens a public link: anyone with it can use this demo"
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name
+        loopback = False
+    if not loopback:
+        return f"warning: serving on {host}: anyone who can reach this machine can use this demo (127.0.0.1 keeps it local)"
+    return None
+
+
+def launch(app: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, share: bool = False, block: bool = True) -> str:
+    """Start the server and return its local URL; with `block=False` it runs in a background thread
+    until `app.close()`."""
+    warning = host_warning(host, share)
+    if warning:
+        print(warning, file=sys.stderr)
+    app.queue(default_concurrency_limit=1)  # one model: requests take turns rather than share the cores
+    app.launch(server_name=host, server_port=port, share=share, max_file_size=MAX_UPLOAD_BYTES,
+               prevent_thread_lock=not block, ssr_mode=False, quiet=not block)
+    return app.local_url
+
+
+def serve(checkpoint: str | os.PathLike, host: str = "127.0.0.1", port: int = 7860, share: bool = False,
+          device: str = "auto") -> None:
+    """`fgir serve`: load the checkpoint and serve it until interrupted."""
+    launch(build_app(Recognizer.from_checkpoint(checkpoint, device=device)), host, port, share)

@@ -1,0 +1,89 @@
+import gradio as gr
+import numpy as np
+import pytest
+
+from fgir import cli
+from fgir.app import server
+from fgir.app.limits import MAX_UPLOAD_BYTES
+from fgir.app.recognizer import Recognizer
+from fgir.app.server import NO_IMAGE, build_app, host_warning, launch, respond
+
+
+def test_respond_returns_the_top5_the_heat_map_and_the_crop(glsim_checkpoint, picture):
+    recognizer = Recognizer.from_checkpoint(glsim_checkpoint[0], device="cpu")
+    top, heat_map, crop = respond(recognizer, {"path": str(picture), "orig_name": "miku.png"})
+    answer = recognizer.answer(picture, "miku.png")
+    assert top == answer.top and len(top) == 5
+    assert np.array_equal(heat_map, answer.heat_map) and np.array_equal(crop, answer.crop)
+
+
+def test_respond_turns_refusals_into_messages_for_the_page(glsim_checkpoint, tmp_path):
+    recognizer = Recognizer.from_checkpoint(glsim_checkpoint[0], device="cpu")
+    fake = tmp_path / "upload"
+    fake.write_text("a text file renamed .png")
+    with pytest.raises(gr.Error, match=r"notes\.png is not an image file that can be read"):
+        respond(recognizer, {"path": str(fake), "orig_name": "notes.png"})
+    for empty in (None, {"path": None}):
+        with pytest.raises(gr.Error, match=NO_IMAGE):
+            respond(recognizer, empty)
+
+
+@pytest.mark.parametrize("method", ["glsim", "vit"])
+def test_the_crop_is_shown_for_glsim_only(method, tmp_path):
+    from .conftest import save_tiny_checkpoint
+
+    recognizer = Recognizer.from_checkpoint(save_tiny_checkpoint(tmp_path, method)[0], device="cpu")
+    images = {block.label: block for block in build_app(recognizer).blocks.values() if isinstance(block, gr.Image)}
+    assert images["the crop GLSim looked at again"].visible == (method == "glsim")
+    assert images["picture"].interactive is not False
+
+
+@pytest.mark.parametrize(("host", "share", "expected"), [
+    ("127.0.0.1", False, None),
+    ("127.0.0.2", False, None),
+    ("localhost", False, None),
+    ("::1", False, None),
+    ("0.0.0.0", False, "warning: serving on 0.0.0.0: anyone who can reach this machine can use this demo"),
+    ("gpu-box.lan", False, "warning: serving on gpu-box.lan: anyone"),
+    ("127.0.0.1", True, "warning: --share opens a public link"),
+])
+def test_host_warning(host, share, expected):
+    warning = host_warning(host, share)
+    assert warning == expected if expected is None else warning.startswith(expected)
+
+
+class RecordingApp:
+    local_url = "http://127.0.0.1:7860/"
+
+    def queue(self, **kwargs):
+        self.queued = kwargs
+
+    def launch(self, **kwargs):
+        self.launched = kwargs
+
+
+def test_launch_binds_loopback_without_a_public_link_and_with_the_upload_limit(capsys):
+    app = RecordingApp()
+    assert launch(app) == app.local_url
+    assert app.launched["server_name"] == "127.0.0.1" and app.launched["share"] is False
+    assert app.launched["max_file_size"] == MAX_UPLOAD_BYTES and app.launched["server_port"] == 7860
+    assert capsys.readouterr().err == ""
+    launch(app, host="0.0.0.0", port=9000, block=False)
+    assert app.launched["server_name"] == "0.0.0.0" and app.launched["prevent_thread_lock"] is True
+    assert capsys.readouterr().err.startswith("warning: serving on 0.0.0.0")
+
+
+def test_cli_serve_passes_its_options(monkeypatch):
+    calls = []
+    monkeypatch.setattr(server, "serve", lambda *args, **kwargs: calls.append((args, kwargs)))
+    assert cli.main(["serve", "runs/x"]) == 0
+    assert cli.main(["serve", "runs/y", "--host", "0.0.0.0", "--port", "8001", "--share", "--device", "cpu"]) == 0
+    assert calls == [
+        (("runs/x",), dict(host="127.0.0.1", port=7860, share=False, device="auto")),
+        (("runs/y",), dict(host="0.0.0.0", port=8001, share=True, device="cpu")),
+    ]
+
+
+def test_cli_serve_reports_a_missing_checkpoint(tmp_path, capsys):
+    assert cli.main(["serve", str(tmp_path / "nothing.safetensors")]) == 2
+    assert "fgir serve: error: checkpoint not found:" in capsys.readouterr().err
