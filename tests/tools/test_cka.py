@@ -6,8 +6,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from conftest import tiny_backbone
+from conftest import tiny_backbone, tiny_overrides
 from fgir.engine.checkpoint import save_checkpoint
+from fgir.models.factory import build_model
 from fgir.tools.attention import attention_matrices
 from fgir.tools.cka import (
     analyze_cka,
@@ -17,6 +18,7 @@ from fgir.tools.cka import (
     gram_linear,
     gram_rbf,
     layer_representations,
+    load_for_analysis,
     model_cka,
 )
 
@@ -161,8 +163,6 @@ def test_bad_arguments_are_named():
 
 
 def test_analyze_cka_from_a_checkpoint_writes_the_heat_map_and_csv(tiny_config, tmp_path):
-    from fgir.models.factory import build_model
-
     config = tiny_config()
     model = build_model(config.model, 3, config.data.image_size)
     checkpoint = tmp_path / "model.safetensors"
@@ -179,3 +179,13 @@ def test_analyze_cka_from_a_checkpoint_writes_the_heat_map_and_csv(tiny_config, 
     assert rows[0] == ["layer", "1", "2"]
     assert np.allclose([[float(v) for v in row[1:]] for row in rows[1:]], matrix.numpy(), atol=1e-6)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["cka.csv", "cka.png"]
+
+
+def test_a_recipe_builds_the_untrained_model_and_overrides_need_a_recipe(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("model:\n  method: vit\ndata:\n  num_classes: 4\n")
+    model, data = load_for_analysis(recipe, torch.device("cpu"), tiny_overrides(tmp_path, "model.backbone_args.depth=3"))
+    assert not model.training and data.image_size == 32 and model.head.out_features == 4
+    assert model_cka(model, images(4), "cls").shape == (3, 3)
+    with pytest.raises(ValueError, match="overrides apply to a YAML recipe, not to a checkpoint"):
+        load_for_analysis(tmp_path / "run", torch.device("cpu"), ["train.lr=0.1"])

@@ -124,7 +124,7 @@ def plot_sweep(result: SweepResult, path: Path) -> Path:
     trials = sorted(result.trials, key=lambda t: t.lr)
     figure = Figure(figsize=(5, 3.5))
     axes = figure.add_subplot()
-    axes.plot([t.lr for t in trials], [t.val_top1 for t in trials], marker="o", label="val top-1 (train split)")
+    axes.plot([t.lr for t in trials], [t.val_top1 for t in trials], marker="o", label="val top-1 (trained on train)")
     best = next(t for t in trials if t.lr == result.best_lr)
     axes.scatter([best.lr], [best.val_top1], s=120, facecolors="none", edgecolors="red",
                  label=f"chosen lr {best.lr:g}: test top-1 {result.test_metrics['top1']:.2f}%")
