@@ -3,6 +3,8 @@ import csv
 import pytest
 from PIL import Image
 
+from fgir.config import load_config
+from fgir.data.datasets import build_dataset, dataset_info
 from fgir.data.prepare import PREPARERS, prepare_dataset
 from fgir.data.prepare.splits import CountMismatchError
 from fgir.data.readers import DatasetFileError
@@ -144,6 +146,12 @@ def test_soyageing_subset_refuses_another_subsets_folder(tmp_path):
         prepare_dataset("soyageing_r1", tmp_path / "R4", check_counts=False)
 
 
+def test_soyageing_subset_from_the_soyageing_folder_points_to_the_subset(tmp_path):
+    make_soyageing(tmp_path)
+    with pytest.raises(DatasetFileError, match=f"this is the SoyAgeing folder; prepare subset R6 from {tmp_path / 'R6'}"):
+        prepare_dataset("soyageing_r6", tmp_path, check_counts=False)
+
+
 def test_soyageing_joins_the_five_subsets_with_shared_classes(tmp_path):
     make_soyageing(tmp_path)
     prepared = prepare_dataset("soyageing", tmp_path, tmp_path / "out", check_counts=False)
@@ -166,3 +174,24 @@ def test_soyageing_names_a_missing_subset(tmp_path):
     (tmp_path / "R5" / "anno").rmdir()
     with pytest.raises(DatasetFileError, match="no R5/anno folder"):
         prepare_dataset("soyageing", tmp_path, check_counts=False)
+
+
+@pytest.mark.parametrize("name,folder", [("soyageing", ""), ("soyageing_r4", "R4"), ("soygene", None), ("cotton", None)])
+def test_the_written_dataset_config_reads_every_image(tmp_path, name, folder):
+    if folder is None:
+        (make_anno if name == "soygene" else make_named)(tmp_path)
+        root = tmp_path
+    else:
+        make_soyageing(tmp_path)
+        root = tmp_path / folder
+    prepared = prepare_dataset(name, root, tmp_path / "out", check_counts=False)
+    data = load_config(prepared.config_path).data
+    assert dataset_info(data) == (3, read_names(tmp_path / "out"))
+    for split in ("train", "val", "test"):
+        dataset = build_dataset(data, split, None)
+        assert len(dataset) == prepared.counts[split]
+        assert dataset[len(dataset) - 1][0].size == (4, 4)
+
+
+def read_names(out):
+    return [r["class_name"] for r in read_rows(out / "classid_classname.csv")]

@@ -94,6 +94,9 @@ class AnnotatedImages:
         if self.subset and re.fullmatch(r"R\d", root.name) and root.name != self.subset:
             raise DatasetFileError(f"{root}: this is SoyAgeing subset {root.name}, not {self.subset} "
                                    f"(prepare it as soyageing_{root.name.lower()})")
+        if self.subset and not (root / "anno").is_dir() and (root / self.subset / "anno").is_dir():
+            raise DatasetFileError(f"{root}: this is the SoyAgeing folder; prepare subset {self.subset} from "
+                                   f"{root / self.subset}")
         splits = {split: _read_anno(root / "anno" / f"{split}.txt", self.hint) for split in ("train", "test")}
         return _anno_layout(self.name, root, "images", splits, self.expected)
 
