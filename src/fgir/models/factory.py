@@ -16,7 +16,10 @@ from fgir.models.glsim import build_glsim
 from fgir.models.ifa import build_ifa
 from fgir.models.ila import build_ila, build_ila_plus, build_ila_pp
 from fgir.models.peft.adapters import build_adapter, build_convpass
+from fgir.models.peft.bitfit import build_bitfit
 from fgir.models.peft.linear_probe import build_linear
+from fgir.models.peft.lora import build_lora
+from fgir.models.peft.vpt import build_vpt_deep, build_vpt_shallow
 
 Builder = Callable[[Backbone, int, ModelConfig], nn.Module]
 
@@ -35,6 +38,10 @@ METHODS: dict[str, Builder] = {
     "adapter": build_adapter,
     "convpass": build_convpass,
     "linear": build_linear,
+    "vpt_shallow": build_vpt_shallow,
+    "vpt_deep": build_vpt_deep,
+    "lora": build_lora,
+    "bitfit": build_bitfit,
 }
 
 # Methods that build their own network instead of one around a ViT Backbone.

@@ -1,0 +1,48 @@
+"""Deployment of a LoRA model: the low-rank updates are linear, so they fold into the weights they
+adapt (W <- W + (alpha / r) B A) and the model becomes a plain `vit` classifier. Its checkpoint is an
+ordinary full fgir checkpoint (method `vit`), so evaluation, prediction and export need neither peft
+nor the pretrained weights."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+from torch import nn
+
+from fgir.engine.checkpoint import restore_model, save_checkpoint
+from fgir.errors import FgirError
+from fgir.models.classifier import ViTClassifier
+from fgir.models.peft.lora import LoRAViT
+
+
+def merge_lora(model: nn.Module) -> ViTClassifier:
+    """A `vit` classifier computing what the LoRA model `model` computes (to float rounding), with every
+    LoRA update merged into its linear. `model` itself is left as it was."""
+    from peft.tuners.lora import LoraLayer
+
+    if not isinstance(model, LoRAViT):
+        raise FgirError(f"only a LoRA model (method 'lora') can be merged, not a {type(model).__name__}")
+    merged = copy.deepcopy(model)
+    backbone = merged.backbone
+    for name, module in list(backbone.named_modules()):
+        if isinstance(module, LoraLayer):
+            module.merge(safe_merge=True)  # refuses updates that would put NaN/inf into the weights
+            parent, _, attribute = name.rpartition(".")
+            setattr(backbone.get_submodule(parent), attribute, module.get_base_layer())
+    backbone.requires_grad_(True)  # a plain model: everything trains if it is fine-tuned further
+    classifier = ViTClassifier(backbone, merged.head.out_features)
+    classifier.head = merged.head
+    return classifier.train(model.training)
+
+
+def save_merged_lora(checkpoint: str | os.PathLike, output: str | os.PathLike) -> Path:
+    """Merge the LoRA checkpoint `checkpoint` (file or run directory) and save the result at `output`
+    as a full checkpoint of method `vit`, with the same class names, progress and metrics."""
+    model, source = restore_model(checkpoint)
+    merged = merge_lora(model)
+    config = copy.deepcopy(source.config)
+    config.model.method = "vit"
+    return save_checkpoint(output, merged, config, source.class_names, epoch=source.epoch,
+                           global_step=source.global_step, metrics=source.metrics)
