@@ -162,23 +162,32 @@ def test_bad_arguments_are_named():
         model_cka(nn.Linear(3, 3), images())
 
 
-def test_analyze_cka_from_a_checkpoint_writes_the_heat_map_and_csv(tiny_config, tmp_path):
+def test_analyze_cka_compares_a_checkpoint_and_a_recipe_side_by_side(tiny_config, tmp_path):
     config = tiny_config()
     model = build_model(config.model, 3, config.data.image_size)
     checkpoint = tmp_path / "model.safetensors"
     save_checkpoint(checkpoint, model, config, ["a", "b", "c"], epoch=1, global_step=1, metrics={})
+    recipe = tmp_path / "deeper.yaml"
+    recipe.write_text("model:\n  method: vit\n")
     folder = tmp_path / "images"
     folder.mkdir()
     for i in range(5):
         Image.fromarray(np.random.default_rng(i).integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(folder / f"{i}.png")
-    matrix, path = analyze_cka(checkpoint, folder, tmp_path / "out" / "cka.png", representation="cls", batch_size=2,
-                               device="cpu")
+    matrices, path = analyze_cka([checkpoint, recipe], folder, tmp_path / "out" / "cka.png", representation="cls",
+                                 batch_size=2, device="cpu",
+                                 overrides=tiny_overrides(tmp_path, "model.backbone_args.depth=3"))
+    assert list(matrices) == [str(checkpoint), str(recipe)]
+    assert [m.shape for m in matrices.values()] == [(2, 2), (3, 3)]  # the override reached the recipe only
     assert path.stat().st_size > 0
     with open(tmp_path / "out" / "cka.csv") as handle:
         rows = list(csv.reader(handle))
-    assert rows[0] == ["layer", "1", "2"]
-    assert np.allclose([[float(v) for v in row[1:]] for row in rows[1:]], matrix.numpy(), atol=1e-6)
+    assert rows[0] == ["source", "layer", "1", "2", "3"]
+    for name, matrix in matrices.items():
+        mine = [[float(v) for v in row[2:2 + len(matrix)]] for row in rows[1:] if row[0] == name]
+        assert np.allclose(mine, matrix.numpy(), atol=1e-6)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["cka.csv", "cka.png"]
+    with pytest.raises(ValueError, match="overrides apply to a YAML recipe"):
+        analyze_cka(checkpoint, folder, tmp_path / "x.png", overrides=["train.lr=0.1"])
 
 
 def test_a_recipe_builds_the_untrained_model_and_overrides_need_a_recipe(tmp_path):

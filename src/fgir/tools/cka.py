@@ -160,12 +160,16 @@ def plot_cka(matrices: dict[str, torch.Tensor], path: str | os.PathLike, title: 
     return save_figure(figure, path)
 
 
+def is_recipe(source: str | os.PathLike) -> bool:
+    return Path(source).suffix in (".yaml", ".yml")
+
+
 def load_for_analysis(source: str | os.PathLike, device: torch.device,
                       overrides: Iterable[str] = ()) -> tuple[nn.Module, DataConfig]:
     """A trained model from a checkpoint file or run directory, or an untrained one (pretrained
     backbone, new modules as initialised) from a YAML recipe with `key=value` overrides: the paper
     compares a frozen ViT with ILA this way."""
-    if Path(source).suffix in (".yaml", ".yml"):
+    if is_recipe(source):
         config = load_config(source, list(overrides))
         # The head plays no part in the layers' representations; any class count builds the model.
         model = build_model(config.model, config.data.num_classes or 2, config.data.image_size)
@@ -176,24 +180,37 @@ def load_for_analysis(source: str | os.PathLike, device: torch.device,
     return model, checkpoint.config.data
 
 
-def analyze_cka(source: str | os.PathLike, images: str | os.PathLike | Iterable[str | os.PathLike],
-                out: str | os.PathLike, representation: str = "attention", kernel: str = "linear",
-                batch_size: int = 16, device: str = "auto", overrides: Iterable[str] = ()) -> tuple[torch.Tensor, Path]:
-    """`fgir analyze cka`: the (L, L) CKA matrix of the model over the images (files or folders, each
-    read with the model's test transform), written as `out` (a heat map, e.g. cka.png) and a CSV
-    beside it (same stem)."""
+PathInput = str | os.PathLike
+
+
+def analyze_cka(sources: PathInput | list[PathInput], images: PathInput | Iterable[PathInput], out: PathInput,
+                representation: str = "attention", kernel: str = "linear", batch_size: int = 16,
+                device: str = "auto", overrides: Iterable[str] = ()) -> tuple[dict[str, torch.Tensor], Path]:
+    """`fgir analyze cka`: the (L, L) CKA matrix of each model (checkpoint, run directory or YAML
+    recipe; several are drawn side by side, e.g. a frozen ViT and ILA) over the same images (files or
+    folders, each read with that model's test transform). Writes the heat map `out` (e.g. cka.png)
+    and a CSV beside it (same stem: source, layer, one column per layer). `overrides` apply to the
+    YAML recipes."""
+    sources = [sources] if isinstance(sources, str | os.PathLike) else list(sources)
+    overrides = list(overrides)
+    if overrides and not any(is_recipe(source) for source in sources):
+        raise ValueError("key=value overrides apply to a YAML recipe, not to a checkpoint")
     torch_device = resolve_device(device)
-    model, data = load_for_analysis(source, torch_device, overrides)
-    transform = build_transform(data, train=False)
     items = [item for _, item in expand_inputs(images)]
-    batches = (torch.stack([transform(open_image(item)) for item in items[start:start + batch_size]]).to(torch_device)
-               for start in range(0, len(items), batch_size))
-    matrix = model_cka(model, batches, representation, kernel)
+    matrices: dict[str, torch.Tensor] = {}
+    for source in sources:
+        model, data = load_for_analysis(source, torch_device, overrides if is_recipe(source) else ())
+        transform = build_transform(data, train=False)
+        batches = (torch.stack([transform(open_image(item)) for item in items[start:start + batch_size]])
+                   .to(torch_device) for start in range(0, len(items), batch_size))
+        matrices[str(source)] = model_cka(model, batches, representation, kernel)
     out = Path(out)
-    atomic_write_csv(out.with_suffix(".csv"), ["layer", *range(1, len(matrix) + 1)],
-                     [[i + 1, *(f"{v:.6f}" for v in row)] for i, row in enumerate(matrix.tolist())])
+    width = max(len(matrix) for matrix in matrices.values())
+    atomic_write_csv(out.with_suffix(".csv"), ["source", "layer", *range(1, width + 1)],
+                     [[name, i + 1, *(f"{v:.6f}" for v in row)]
+                      for name, matrix in matrices.items() for i, row in enumerate(matrix.tolist())])
     title = f"{kernel} CKA of {representation}, {len(items)} images"
-    return matrix, plot_cka({Path(source).name: matrix}, out, title=title)
+    return matrices, plot_cka(matrices, out, title=title)
 
 
 def backbone_of(model: nn.Module) -> Backbone:
