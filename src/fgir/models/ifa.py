@@ -4,7 +4,7 @@ sum of the layers shared by all channels), then ReLU, LayerNorm(D) and a linear 
 
 The per-layer CLS tokens are taken as the blocks output them, without the backbone's final norm: the
 reference's ViT, built without its classifier, has no final norm at all, and the LayerNorm after
-the weighted sum scales the aggregate anyway.
+the weighted sum scales the aggregate anyway. The unused final norm is frozen.
 
 Optional layer-wise exclusion loss: sum over i of KL(softmax(CLS_i / T) || softmax(CLS_{i+d} / T)),
 softmax over the D channels and KL averaged over the batch, SUBTRACTED from the classification loss
@@ -40,6 +40,9 @@ class IFAClassifier(nn.Module):
             raise ConfigError(f"model.ifa.exclusion_distance={ifa.exclusion_distance} leaves no pair of layers among "
                               f"the {backbone.num_blocks} blocks of {backbone.model_name}")
         self.backbone = backbone
+        # Only the per-block CLS tokens are read, so the final norm never reaches the loss: frozen, it
+        # is left out of the optimiser and DDP does not wait for its gradients.
+        backbone.norm.requires_grad_(False)
         self.ifa = ifa
         self.layer_weights = nn.Linear(backbone.num_blocks, 1)
         self.norm = nn.LayerNorm(backbone.embed_dim, eps=1e-6)
