@@ -43,6 +43,15 @@ class SyntheticConfig:
 
 
 @dataclass
+class LongTailConfig:
+    """Class groups of the long-tail report, by training images per class: head > head_above,
+    medium head_above..tail_below inclusive, tail < tail_below (the Animesion/OLTR split)."""
+
+    head_above: int = 100
+    tail_below: int = 20
+
+
+@dataclass
 class DataConfig:
     name: str = "synthetic"
     # csv: `class_id,dir` with header; labels: headerless `class_id,path` (DAF:re);
@@ -69,6 +78,7 @@ class DataConfig:
     eval_batch_size: int = 64
     num_workers: int = -1  # -1: chosen from the machine
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    long_tail: LongTailConfig = field(default_factory=LongTailConfig)
 
 
 @dataclass
@@ -355,6 +365,11 @@ def validate(config: Config) -> None:
         raise ConfigError(f"config key 'train.label_smoothing' must be in [0, 1), got {config.train.label_smoothing}")
     if config.data.resize_ratio < 1:
         raise ConfigError(f"config key 'data.resize_ratio' must be >= 1 (resize, then crop), got {config.data.resize_ratio}")
+    long_tail = config.data.long_tail
+    if not 1 <= long_tail.tail_below <= long_tail.head_above + 1:
+        raise ConfigError(f"config keys 'data.long_tail.tail_below' ({long_tail.tail_below}) and "
+                          f"'data.long_tail.head_above' ({long_tail.head_above}) must satisfy "
+                          "1 <= tail_below <= head_above + 1")
     if len(config.data.mean) != 3 or len(config.data.std) != 3:
         raise ConfigError("config keys 'data.mean' and 'data.std' must have 3 values (RGB)")
 
@@ -376,6 +391,7 @@ __all__ = [
     "ConfigError",
     "DataConfig",
     "GLSimConfig",
+    "LongTailConfig",
     "IFAConfig",
     "ModelConfig",
     "SyntheticConfig",

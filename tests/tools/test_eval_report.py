@@ -21,7 +21,8 @@ from fgir.tools.eval_report import evaluate_checkpoint
 CLASS_NAMES = ["alpha", "beta", "gamma"]
 # Class 2 has no test image: its accuracy is undefined and must not count in the class mean.
 TEST_LABELS = [0, 0, 0, 1, 1, 0, 1, 1, 0]
-REPORT_FILES = {"metrics.json", "predictions.csv", "confusion.csv", "per_class.csv", "confusion.png"}
+REPORT_FILES = {"metrics.json", "predictions.csv", "confusion.csv", "per_class.csv", "confusion.png",
+                "accuracy_vs_frequency.png", "reliability.png"}
 
 
 def tiny_config(root) -> Config:
@@ -117,7 +118,7 @@ def test_report_files_agree_with_an_independent_recomputation(run):
 
     # per_class.csv: support and accuracy (%), empty for the class without test images.
     header, *per_class = read_rows(out / "per_class.csv")
-    assert header == ["class_id", "class_name", "support", "accuracy"]
+    assert header == ["class_id", "class_name", "support", "accuracy", "train_count"]
     assert [(int(r[0]), r[1], int(r[2])) for r in per_class] == [(c, CLASS_NAMES[c], labels.count(c)) for c in range(3)]
     assert [float(r[3]) for r in per_class[:2]] == pytest.approx([accuracy[0], accuracy[1]])
     assert per_class[2][3] == ""

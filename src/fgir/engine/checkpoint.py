@@ -159,3 +159,30 @@ def restore_model(path: str | os.PathLike, device: str | torch.device = "cpu") -
     model = build_model(config.model, len(checkpoint.class_names), config.data.image_size, pretrained=False)
     load_model_state(model, checkpoint.model_state, str(checkpoint.path))
     return model.to(device).eval(), checkpoint
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The metadata of a checkpoint file, without reading its tensors."""
+    path = resolve_checkpoint_path(path)
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return handle.metadata() or {}
+    except SafetensorError as err:
+        raise CheckpointError(f"{path}: unreadable checkpoint ({err})") from err
+
+
+def update_metadata(path: str | os.PathLike, entries: dict[str, str]) -> Path:
+    """Add or replace metadata entries (e.g. a fitted temperature) of an fgir checkpoint; the file is
+    rewritten atomically with its tensors unchanged."""
+    path = resolve_checkpoint_path(path)
+    metadata = read_metadata(path)
+    if metadata.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not an fgir checkpoint (metadata format={metadata.get('format')!r})")
+    protected = sorted(set(entries) & {"format", "config", "class_names", TRAIN_STATE})
+    if protected:
+        raise ValueError(f"metadata entries {', '.join(protected)} are written by save_checkpoint only")
+    with safe_open(str(path), framework="pt") as handle:
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={**metadata, **entries})
+    return path

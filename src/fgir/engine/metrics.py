@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 
@@ -40,3 +42,44 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[s
         "std_class_acc": 100 * present.std(unbiased=False).item() if len(present) else float("nan"),
         "num_samples": int(len(labels)),
     }
+
+
+def negative_log_likelihood(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean cross-entropy of the softmax of `logits` (computed in float64)."""
+    return torch.nn.functional.cross_entropy(logits.double(), labels.long()).item()
+
+
+@dataclass(frozen=True)
+class ReliabilityBins:
+    """Samples grouped by confidence (probability of the predicted class) into equal-width bins;
+    bin b holds confidences in (b/n, (b+1)/n], the first bin also holds 0 (Guo et al. 2017)."""
+
+    counts: torch.Tensor  # (n_bins,) samples per bin
+    confidence: torch.Tensor  # (n_bins,) mean confidence per bin, NaN where empty
+    accuracy: torch.Tensor  # (n_bins,) fraction correct per bin, NaN where empty
+
+    @property
+    def ece(self) -> float:
+        """Expected calibration error: sum over bins of |bin| / N * |accuracy - confidence|."""
+        filled = self.counts > 0
+        weights = self.counts[filled].double() / self.counts.sum()
+        return (weights * (self.accuracy[filled] - self.confidence[filled]).abs()).sum().item()
+
+
+def reliability_bins(probabilities: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> ReliabilityBins:
+    """Bin the predictions of (N, C) class probabilities by confidence (see ReliabilityBins)."""
+    confidence, prediction = probabilities.double().max(dim=1)
+    correct = (prediction == labels).double()
+    index = (torch.ceil(confidence * n_bins).long() - 1).clamp(0, n_bins - 1)
+    counts = torch.bincount(index, minlength=n_bins)
+    per_bin = counts.double().clamp(min=1)
+    empty = torch.full((n_bins,), float("nan"), dtype=torch.float64)
+    mean_confidence = torch.where(counts > 0, torch.bincount(index, confidence, minlength=n_bins) / per_bin, empty)
+    accuracy = torch.where(counts > 0, torch.bincount(index, correct, minlength=n_bins) / per_bin, empty)
+    return ReliabilityBins(counts, mean_confidence, accuracy)
+
+
+def expected_calibration_error(logits: torch.Tensor, labels: torch.Tensor, n_bins: int = 15,
+                               temperature: float = 1.0) -> float:
+    """ECE (a fraction, not %) of softmax(logits / temperature) with `n_bins` equal-width bins."""
+    return reliability_bins((logits.double() / temperature).softmax(dim=1), labels, n_bins).ece

@@ -1,5 +1,8 @@
-"""Evaluation report of a trained checkpoint on one split: metrics, per-image predictions, the
-confusion matrix (table and heat map) and per-class accuracy, written into one folder.
+"""Evaluation report of a trained checkpoint on one split, written into one folder: metrics
+(top-1/5, mean per-class accuracy, head / medium / tail accuracy by training-set frequency, NLL and
+expected calibration error before and after the stored temperature), per-image predictions, the
+confusion matrix (table and heat map), per-class accuracy with training counts, a plot of class
+accuracy against training frequency and a reliability diagram.
 
 Everything the model needs comes from the checkpoint; only the images come from the dataset, whose
 description can be replaced (e.g. the same dataset unpacked somewhere else).
@@ -7,8 +10,6 @@ description can be replaced (e.g. the same dataset unpacked somewhere else).
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 from pathlib import Path
@@ -16,14 +17,21 @@ from typing import Any
 
 import torch
 
-from fgir.config import Config, ConfigError, DataConfig, apply_overrides
-from fgir.data import build_dataset, build_loader, build_transform
-from fgir.engine.checkpoint import resolve_checkpoint_path, restore_model
-from fgir.engine.device import resolve_device, resolve_precision
-from fgir.engine.evaluator import predict_loader
-from fgir.engine.metrics import classification_metrics, confusion_matrix, per_class_accuracy
-from fgir.fileio import atomic_write_text
-from fgir.tools.plots import confusion_heatmap
+from fgir.config import DataConfig
+from fgir.data import DatasetFileError, build_dataset
+from fgir.engine.longtail import binned_accuracy, class_frequencies, long_tail_metrics
+from fgir.engine.metrics import (
+    classification_metrics,
+    confusion_matrix,
+    negative_log_likelihood,
+    per_class_accuracy,
+    reliability_bins,
+)
+from fgir.errors import FgirError
+from fgir.fileio import atomic_write_csv, atomic_write_text
+from fgir.tools.calibration import ECE_BINS, read_calibration
+from fgir.tools.plots import accuracy_vs_frequency, confusion_heatmap, reliability_diagram
+from fgir.tools.scoring import score_split
 
 # A heat map with more classes than this has unreadable axes and takes minutes to render.
 MAX_PLOT_CLASSES = 200
@@ -34,19 +42,6 @@ def default_report_dir(checkpoint: Path, split: str) -> Path:
     parent = checkpoint.resolve().parent
     run_dir = parent.parent if parent.name == "checkpoints" else parent
     return run_dir / f"eval-{split}"
-
-
-def checkpoint_data(config: Config, overrides: DataConfig | list[str] | None) -> DataConfig:
-    """The data section to evaluate on: the checkpoint's own, replaced or with `data.*` overrides."""
-    if overrides is None:
-        return config.data
-    if isinstance(overrides, DataConfig):
-        return overrides
-    foreign = [item for item in overrides if not item.startswith("data.")]
-    if foreign:
-        raise ConfigError(f"only data.* keys can be overridden when evaluating a checkpoint (the model comes "
-                          f"from the checkpoint), got: {', '.join(foreign)}")
-    return apply_overrides(config, overrides).data
 
 
 def evaluate_checkpoint(
@@ -63,52 +58,51 @@ def evaluate_checkpoint(
     """Score a checkpoint (file or run directory) on `split` and write the report into `out_dir`.
 
     `data_overrides` replaces the checkpoint's data section (a DataConfig) or changes some of its
-    keys (`data.key=value` items, e.g. `data.root=/elsewhere`); the image size must stay the model's.
-    Returns what metrics.json holds: accuracies in %, the sample count and where everything went.
+    keys (`data.key=value` items, e.g. `data.root=/elsewhere` or `data.long_tail.head_above=50`);
+    the image size must stay the model's. Returns what metrics.json holds: accuracies and ECE in %,
+    the sample count and where everything went.
     """
-    path = resolve_checkpoint_path(checkpoint_path)
-    torch_device = resolve_device(device)
-    model, checkpoint = restore_model(path, torch_device)
-    data = checkpoint_data(checkpoint.config, data_overrides)
-    if data.image_size != checkpoint.config.data.image_size:
-        raise ConfigError(
-            f"data.image_size={data.image_size} but checkpoint {path} was trained at "
-            f"{checkpoint.config.data.image_size} px; keep the checkpoint's image size"
-        )
-
-    dataset = build_dataset(data, split, build_transform(data, train=False))
-    class_names = checkpoint.class_names
-    if dataset.num_classes != len(class_names):
-        raise ConfigError(
-            f"checkpoint {path} predicts {len(class_names)} classes but dataset '{data.name}' "
-            f"(root {data.root}) has {dataset.num_classes}"
-        )
-    loader = build_loader(dataset, batch_size=batch_size or data.eval_batch_size, train=False, seed=0,
-                          num_workers=data.num_workers, pin_memory=torch_device.type == "cuda")
-    dtype = resolve_precision(precision, torch_device)
-    predictions = predict_loader(model, loader, torch_device, dtype, desc=split, progress=progress)
-
+    scored = score_split(checkpoint_path, split, data_overrides=data_overrides, device=device,
+                         precision=precision, batch_size=batch_size, progress=progress)
+    path, data, class_names = scored.path, scored.data, scored.checkpoint.class_names
     out = Path(out_dir) if out_dir is not None else default_report_dir(path, split)
-    logits, labels = predictions.logits, predictions.labels
+    logits, labels = scored.logits, scored.labels
     confusion = confusion_matrix(logits.argmax(dim=1), labels, len(class_names))
-    write_predictions_csv(out / "predictions.csv", dataset.paths, logits, labels, class_names)
+    train_counts, train_note = training_counts(data, len(class_names))
+    write_predictions_csv(out / "predictions.csv", scored.dataset.paths, logits, labels, class_names)
     write_confusion_csv(out / "confusion.csv", confusion, class_names)
-    write_per_class_csv(out / "per_class.csv", confusion, class_names)
+    write_per_class_csv(out / "per_class.csv", confusion, class_names, train_counts)
     if len(class_names) <= MAX_PLOT_CLASSES:
         confusion_heatmap(confusion, class_names, out / "confusion.png", title=f"{data.name} {split}")
         plot_note = "confusion.png"
     else:
         plot_note = f"skipped: {len(class_names)} classes > {MAX_PLOT_CLASSES} (see confusion.csv)"
 
+    thresholds = (data.long_tail.head_above, data.long_tail.tail_below)
+    if train_counts is None:
+        long_tail: dict[str, Any] = {"skipped": train_note}
+        frequency_note = f"skipped: {train_note}"
+    else:
+        long_tail = {"head_above": thresholds[0], "tail_below": thresholds[1],
+                     "train_images": int(train_counts.sum()), **long_tail_metrics(confusion, train_counts, *thresholds)}
+        accuracy = per_class_accuracy(confusion)
+        accuracy_vs_frequency(train_counts, accuracy, binned_accuracy(train_counts, accuracy),
+                              out / "accuracy_vs_frequency.png", thresholds, title=f"{data.name} {split}")
+        frequency_note = "accuracy_vs_frequency.png"
+
     report = {
         **classification_metrics(logits, labels),
+        "long_tail": long_tail,
+        **calibration_metrics(logits, labels, path, out / "reliability.png", title=f"{data.name} {split}"),
         "num_classes": len(class_names),
         "checkpoint": str(path.resolve()),
-        "epoch": checkpoint.epoch,
+        "epoch": scored.checkpoint.epoch,
         "split": split,
         "dataset": data.name,
         "data_root": str(Path(data.root).resolve()),
         "confusion_plot": plot_note,
+        "frequency_plot": frequency_note,
+        "reliability_plot": "reliability.png",
         "out_dir": str(out.resolve()),
     }
     # Written last: a folder with metrics.json holds a complete report.
@@ -116,12 +110,34 @@ def evaluate_checkpoint(
     return report
 
 
-def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    atomic_write_text(path, buffer.getvalue())
+def training_counts(data: DataConfig, num_classes: int) -> tuple[torch.Tensor | None, str]:
+    """Images per class in the train split (its label file only, no image is opened), or None and
+    the reason when the split cannot be read (then the report skips the frequency groups)."""
+    try:
+        train = build_dataset(data, "train", transform=None)
+    except (FgirError, DatasetFileError, OSError) as err:
+        return None, f"train split unavailable, no head/medium/tail groups ({err})"
+    return class_frequencies(train.labels, num_classes), ""
+
+
+def calibration_metrics(logits: torch.Tensor, labels: torch.Tensor, checkpoint: Path, plot: Path,
+                        title: str) -> dict[str, Any]:
+    """NLL and ECE (%) of the raw softmax and, when the checkpoint holds a fitted temperature, of the
+    softmax of logits / T; a reliability diagram of both."""
+    calibration = read_calibration(checkpoint)
+    raw = reliability_bins(logits.double().softmax(dim=1), labels, ECE_BINS)
+    metrics: dict[str, Any] = {"nll": negative_log_likelihood(logits, labels), "ece": 100 * raw.ece,
+                               "temperature": None}
+    panels = [("softmax", raw)]
+    if calibration is not None:
+        temperature = float(calibration["temperature"])
+        scaled = reliability_bins((logits.double() / temperature).softmax(dim=1), labels, ECE_BINS)
+        metrics.update(temperature=temperature, temperature_split=calibration.get("split"),
+                       nll_calibrated=negative_log_likelihood(logits.double() / temperature, labels),
+                       ece_calibrated=100 * scaled.ece)
+        panels.append((f"softmax(logits / {temperature:.3g})", scaled))
+    reliability_diagram(panels, plot, title=title)
+    return metrics
 
 
 def write_predictions_csv(path: Path, image_paths: list[str], logits: torch.Tensor, labels: torch.Tensor,
@@ -133,21 +149,25 @@ def write_predictions_csv(path: Path, image_paths: list[str], logits: torch.Tens
         for image, label, pred, prob in zip(image_paths, labels.tolist(), prediction.tolist(),
                                             probability.tolist(), strict=True)
     ]
-    _write_csv(path, ["path", "label", "label_name", "prediction", "prediction_name", "probability"], rows)
+    atomic_write_csv(path, ["path", "label", "label_name", "prediction", "prediction_name", "probability"], rows)
 
 
 def write_confusion_csv(path: Path, confusion: torch.Tensor, class_names: list[str]) -> None:
     """Rows are true classes, columns predicted classes, both named."""
     rows = [[name, *counts] for name, counts in zip(class_names, confusion.tolist(), strict=True)]
-    _write_csv(path, ["true \\ predicted", *class_names], rows)
+    atomic_write_csv(path, ["true \\ predicted", *class_names], rows)
 
 
-def write_per_class_csv(path: Path, confusion: torch.Tensor, class_names: list[str]) -> None:
-    """Support and accuracy (in %, empty for classes absent from the split) of each class."""
+def write_per_class_csv(path: Path, confusion: torch.Tensor, class_names: list[str],
+                        train_counts: torch.Tensor | None = None) -> None:
+    """Support and accuracy (in %, empty for classes absent from the split) of each class, and its
+    number of training images (empty when the train split is unavailable)."""
     support = confusion.sum(dim=1).tolist()
     accuracy = per_class_accuracy(confusion).tolist()
+    trained = [""] * len(class_names) if train_counts is None else train_counts.tolist()
     rows = [
-        [class_id, name, count, "" if count == 0 else f"{100 * acc:.4f}"]
-        for class_id, (name, count, acc) in enumerate(zip(class_names, support, accuracy, strict=True))
+        [class_id, name, count, "" if count == 0 else f"{100 * acc:.4f}", train]
+        for class_id, (name, count, acc, train) in enumerate(zip(class_names, support, accuracy, trained,
+                                                                  strict=True))
     ]
-    _write_csv(path, ["class_id", "class_name", "support", "accuracy"], rows)
+    atomic_write_csv(path, ["class_id", "class_name", "support", "accuracy", "train_count"], rows)

@@ -12,6 +12,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from fgir.engine.longtail import FrequencyBin
+from fgir.engine.metrics import ReliabilityBins
 from fgir.fileio import atomic_path
 
 # Above this many classes cell counts are no longer readable, so only colours are drawn.
@@ -83,4 +85,75 @@ def image_panels(
         axes.set_axis_off()
     if title:
         figure.suptitle(title)
+    return save_figure(figure, path)
+
+
+def reliability_diagram(panels: list[tuple[str, ReliabilityBins]], path: str | os.PathLike, title: str = "") -> Path:
+    """One panel per (caption, bins): accuracy of each confidence bin as a bar against the diagonal
+    of perfect calibration, the gap to it shaded, the ECE and the share of samples per bin."""
+    figure = Figure(figsize=(4.2 * len(panels), 4.6))
+    for index, (caption, bins) in enumerate(panels):
+        n_bins = len(bins.counts)
+        edges = np.linspace(0.0, 1.0, n_bins + 1)
+        centres = (edges[:-1] + edges[1:]) / 2
+        filled = bins.counts.numpy() > 0
+        accuracy = np.nan_to_num(bins.accuracy.numpy())
+        confidence = np.nan_to_num(bins.confidence.numpy())
+        axes = figure.add_subplot(1, len(panels), index + 1)
+        axes.bar(centres[filled], accuracy[filled], width=1 / n_bins, color="tab:blue", edgecolor="black",
+                 label="accuracy")
+        axes.bar(centres[filled], (confidence - accuracy)[filled], bottom=accuracy[filled], width=1 / n_bins,
+                 color="tab:red", alpha=0.3, edgecolor="tab:red", label="gap to confidence")
+        axes.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+        share = bins.counts.numpy() / max(int(bins.counts.sum()), 1)
+        axes.step(edges, np.append(share, share[-1]), where="post", color="tab:gray", lw=1,
+                  label="share of samples")
+        axes.set_xlim(0, 1)
+        axes.set_ylim(0, 1)
+        axes.set_xlabel("confidence (probability of the predicted class)")
+        axes.set_ylabel("accuracy")
+        axes.set_title(f"{caption}\nECE {100 * bins.ece:.2f}% ({n_bins} bins)", fontsize=10)
+        axes.legend(loc="upper left", fontsize=7)
+    if title:
+        figure.suptitle(title)
+    return save_figure(figure, path)
+
+
+def accuracy_vs_frequency(
+    train_counts: torch.Tensor,
+    accuracy: torch.Tensor,
+    bins: list[FrequencyBin],
+    path: str | os.PathLike,
+    thresholds: tuple[int, int] | None = None,
+    title: str = "",
+) -> Path:
+    """Per-class accuracy (fraction, NaN: class absent from the split) against the class's number of
+    training images on a log axis, one dot per class, a line through the binned means, and the
+    head / tail thresholds (head_above, tail_below) as dashed lines. Classes without training images
+    cannot sit on a log axis; their number is given in the legend."""
+    counts = train_counts.double().numpy()
+    values = accuracy.double().numpy()
+    evaluated = ~np.isnan(values)
+    shown = evaluated & (counts > 0)
+    figure = Figure(figsize=(7.0, 4.5))
+    axes = figure.add_subplot()
+    axes.scatter(counts[shown], 100 * values[shown], s=8, alpha=0.4, color="tab:blue",
+                 label=f"one class ({int(shown.sum())})")
+    if bins:
+        axes.plot([b.mean_count for b in bins], [100 * b.mean_accuracy for b in bins], "o-", color="tab:red",
+                  label="mean of classes with 2^k..2^(k+1)-1 images")
+    hidden = int((evaluated & (counts == 0)).sum())
+    if hidden:
+        axes.plot([], [], " ", label=f"{hidden} classes without training images not shown")
+    if thresholds is not None:
+        head_above, tail_below = thresholds
+        axes.axvline(head_above + 0.5, color="gray", ls="--", lw=1, label=f"head: > {head_above} images")
+        axes.axvline(tail_below - 0.5, color="gray", ls=":", lw=1, label=f"tail: < {tail_below} images")
+    axes.set_xscale("log")
+    axes.set_ylim(-2, 102)
+    axes.set_xlabel("training images of the class (log scale)")
+    axes.set_ylabel("class accuracy (%)")
+    if title:
+        axes.set_title(title)
+    axes.legend(fontsize=7, loc="lower right")
     return save_figure(figure, path)

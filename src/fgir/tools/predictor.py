@@ -3,11 +3,16 @@
     predictor = Predictor.from_checkpoint("runs/cub-vit")  # or fgir.load(...)
     for prediction in predictor.predict("photos/", topk=3):
         print(prediction.image, prediction.topk[0].class_name)
+
+Probabilities are softmax(logits / T) with the temperature T stored in the checkpoint by
+`fgir calibrate` (1 when it was never calibrated). With `unknown_below`, an image whose most
+probable class is less likely than that is marked unknown (its top-k list is kept).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -22,8 +27,15 @@ from fgir.data import build_transform, read_image
 from fgir.data.readers import IMAGE_EXTENSIONS
 from fgir.engine.checkpoint import restore_model
 from fgir.engine.device import autocast, resolve_device, resolve_precision
+from fgir.errors import FgirError
+from fgir.tools.calibration import stored_temperature
 
 ImageInput = Image.Image | str | os.PathLike
+UNKNOWN_LABEL = "unknown (top class below the threshold)"
+
+
+class PredictorError(FgirError, ValueError):
+    """A prediction setting that cannot be used (top-k, temperature, unknown threshold)."""
 
 
 @dataclass(frozen=True)
@@ -37,6 +49,7 @@ class ClassScore:
 class Prediction:
     image: str  # the file path, or "<image i>" for the i-th in-memory image of the call
     topk: list[ClassScore]  # most probable first
+    unknown: bool = False  # the top probability is under the predictor's `unknown_below`
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -46,27 +59,38 @@ class Predictor:
     """A model with its class names and test transform, ready to classify images."""
 
     def __init__(self, model: nn.Module, class_names: list[str], data: DataConfig, device: torch.device,
-                 dtype: torch.dtype | None = None, batch_size: int = 32):
+                 dtype: torch.dtype | None = None, batch_size: int = 32, temperature: float = 1.0,
+                 unknown_below: float | None = None):
+        if not (math.isfinite(temperature) and temperature > 0):
+            raise PredictorError(f"temperature must be a positive number, got {temperature}")
+        if unknown_below is not None and not 0 <= unknown_below <= 1:
+            raise PredictorError(f"unknown_below is a probability in [0, 1], got {unknown_below}")
         self.model = model.eval()
         self.class_names = list(class_names)
         self.transform: Callable[[Image.Image], torch.Tensor] = build_transform(data, train=False)
         self.device = device
         self.dtype = dtype
         self.batch_size = batch_size
+        self.temperature = temperature
+        self.unknown_below = unknown_below
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str = "auto", precision: str = "auto",
-                        batch_size: int = 32) -> Predictor:
-        """Load a checkpoint file or run directory; the dataset need not exist."""
+                        batch_size: int = 32, temperature: float | None = None,
+                        unknown_below: float | None = None) -> Predictor:
+        """Load a checkpoint file or run directory; the dataset need not exist. `temperature` None
+        takes the checkpoint's calibrated one (1 if it has none); 1.0 gives the raw softmax."""
         torch_device = resolve_device(device)
         model, checkpoint = restore_model(path, torch_device)
+        if temperature is None:
+            temperature = stored_temperature(checkpoint.path)
         return cls(model, checkpoint.class_names, checkpoint.config.data, torch_device,
-                   resolve_precision(precision, torch_device), batch_size)
+                   resolve_precision(precision, torch_device), batch_size, temperature, unknown_below)
 
     def predict(self, images: ImageInput | Iterable[ImageInput], topk: int = 5) -> list[Prediction]:
         """Top-k classes of each image; a folder stands for its image files (recursively, sorted)."""
         if topk < 1:
-            raise ValueError(f"topk must be >= 1, got {topk}")
+            raise PredictorError(f"topk must be >= 1, got {topk}")
         k = min(topk, len(self.class_names))
         sources = list(expand_inputs(images))
         predictions: list[Prediction] = []
@@ -76,15 +100,17 @@ class Predictor:
             top = probabilities.topk(k, dim=1)
             for (name, _), values, indices in zip(batch, top.values.tolist(), top.indices.tolist(), strict=True):
                 scores = [ClassScore(i, self.class_names[i], p) for i, p in zip(indices, values, strict=True)]
-                predictions.append(Prediction(name, scores))
+                unknown = self.unknown_below is not None and values[0] < self.unknown_below
+                predictions.append(Prediction(name, scores, unknown))
         return predictions
 
     @torch.inference_mode()
     def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
-        """Softmax over classes of a batch of already transformed images, on the CPU."""
+        """Softmax over classes of logits / temperature of a batch of already transformed images, on
+        the CPU."""
         with autocast(self.device, self.dtype):
             logits = self.model(batch.to(self.device))
-        return logits.float().softmax(dim=1).cpu()
+        return (logits.float() / self.temperature).softmax(dim=1).cpu()
 
 
 def expand_inputs(images: ImageInput | Iterable[ImageInput]) -> Iterator[tuple[str, ImageInput]]:
@@ -115,15 +141,18 @@ def open_image(item: ImageInput) -> Image.Image:
 
 
 def format_predictions(predictions: list[Prediction], as_json: bool = False) -> str:
-    """JSON (a list of {image, topk: [{class_id, class_name, probability}]}) or an aligned table."""
+    """JSON (a list of {image, topk: [{class_id, class_name, probability}], unknown}) or an aligned
+    table, where an unknown image gets a first row "- unknown" above its ranked classes."""
     if as_json:
         return json.dumps([p.to_dict() for p in predictions], indent=1)
     header = ("image", "rank", "class", "probability")
-    rows = [
-        (p.image if rank == 1 else "", str(rank), score.class_name, f"{100 * score.probability:.2f}%")
-        for p in predictions
-        for rank, score in enumerate(p.topk, start=1)
-    ]
+    rows = []
+    for p in predictions:
+        ranked = [(str(rank), score.class_name, f"{100 * score.probability:.2f}%")
+                  for rank, score in enumerate(p.topk, start=1)]
+        if p.unknown:
+            ranked.insert(0, ("-", UNKNOWN_LABEL, ""))
+        rows += [(p.image if index == 0 else "", *row) for index, row in enumerate(ranked)]
     widths = [max(len(row[col]) for row in [header, *rows]) for col in range(len(header))]
     lines = [
         f"{image:<{widths[0]}}  {rank:>{widths[1]}}  {name:<{widths[2]}}  {prob:>{widths[3]}}".rstrip()
