@@ -1,7 +1,8 @@
 """End to end in a real browser: the `fgir serve` page on loopback, driven by headless Chromium
 (Debian's package, not Playwright's own download) through Playwright: upload, submit, read the
-classes, see the pictures; then a bad file and its message. The screenshot is kept as an artifact
-(the folder is printed; FGIR_TEST_ARTIFACTS chooses it)."""
+classes, see the pictures; then a file that is no image and one over the size limit, and their
+messages. The screenshot is kept as an artifact (the folder is printed; FGIR_TEST_ARTIFACTS
+chooses it)."""
 
 import os
 import shutil
@@ -12,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from fgir.app.limits import MAX_UPLOAD_BYTES
 from fgir.app.recognizer import Recognizer
-from fgir.app.server import build_app, launch
-from fgir.data import ensure_synthetic
+from fgir.app.server import NO_IMAGE, build_app, launch
+from fgir.data import build_dataset
 
 from .conftest import CLASS_NAMES, save_tiny_checkpoint
 
@@ -53,12 +55,13 @@ def test_upload_submit_and_see_the_names_and_pictures_then_a_bad_file_gets_its_m
     executable = chromium_or_skip()
     # A small dataset on disk, so examples show; 96 px so the screenshot is legible.
     data = tiny_config("data.synthetic.num_classes=6", "data.synthetic.image_size=112", "data.image_size=96").data
-    ensure_synthetic(data)
+    picture = Path(build_dataset(data, "train", transform=None).paths[0])  # not an example: those are kept
     recognizer = Recognizer.from_checkpoint(save_tiny_checkpoint(tmp_path, "glsim", data)[0], device="cpu")
-    picture = Path(recognizer.examples[0])
     expected = recognizer.answer(picture, picture.name)
     bad = tmp_path / "notes.png"
     bad.write_text("a text file renamed .png")
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\0" * (MAX_UPLOAD_BYTES + 1))
     artifacts = Path(os.environ.get("FGIR_TEST_ARTIFACTS", tmp_path / "artifacts"))
     artifacts.mkdir(parents=True, exist_ok=True)
 
@@ -90,6 +93,9 @@ def test_upload_submit_and_see_the_names_and_pictures_then_a_bad_file_gets_its_m
                     page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image.element_handle())
                     assert image.evaluate("img => [img.naturalHeight, img.naturalWidth]") == list(shape[:2])
                 page.screenshot(path=str(artifacts / "serve.png"), full_page=True)
+                served_files = [Path(page.locator(f"{element} img").get_attribute("src").split("file=", 1)[1])
+                                for element in ("#picture", "#heat-map", "#crop")]
+                assert all(file.is_file() for file in served_files)
                 print(f"screenshot: {artifacts / 'serve.png'}")
 
                 page.reload()
@@ -97,10 +103,17 @@ def test_upload_submit_and_see_the_names_and_pictures_then_a_bad_file_gets_its_m
                 page.get_by_role("button", name="Recognise").click()
                 sync_api.expect(page.get_by_text("notes.png is not an image file that can be read")).to_be_visible()
                 page.screenshot(path=str(artifacts / "serve_bad_file.png"), full_page=True)
+
+                page.reload()  # too large: the server refuses the upload itself, with Gradio's message
+                page.locator("#picture input[type=file]").set_input_files(str(big))
+                sync_api.expect(page.get_by_text("maximum allowed size of 10.0 Mb: \"big.png\"")).to_be_visible()
+                page.get_by_role("button", name="Recognise").click()
+                sync_api.expect(page.get_by_text(NO_IMAGE)).to_be_visible()
             finally:
                 browser.close()
     finally:
         app.close()
     assert not port_is_open(port)
+    assert not any(file.exists() for file in served_files)  # the upload and the answers are deleted
     leftover = [t for t in set(threading.enumerate()) - threads_before if t.is_alive() and not t.daemon]
     assert leftover == []

@@ -11,8 +11,9 @@ from fgir.app.server import NO_IMAGE, build_app, host_warning, launch, respond
 
 def test_respond_returns_the_top5_the_heat_map_and_the_crop(glsim_checkpoint, picture):
     recognizer = Recognizer.from_checkpoint(glsim_checkpoint[0], device="cpu")
-    top, heat_map, crop = respond(recognizer, {"path": str(picture), "orig_name": "miku.png"})
+    verdict, top, heat_map, crop = respond(recognizer, {"path": str(picture), "orig_name": "miku.png"})
     answer = recognizer.answer(picture, "miku.png")
+    assert verdict == "" and not answer.unknown
     assert top == answer.top and len(top) == 5
     assert np.array_equal(heat_map, answer.heat_map) and np.array_equal(crop, answer.crop)
 
@@ -26,6 +27,16 @@ def test_respond_turns_refusals_into_messages_for_the_page(glsim_checkpoint, tmp
     for empty in (None, {"path": None}):
         with pytest.raises(gr.Error, match=NO_IMAGE):
             respond(recognizer, empty)
+
+
+def test_under_the_threshold_the_page_says_unknown_and_still_lists_the_closest(glsim_checkpoint, picture):
+    path = glsim_checkpoint[0]
+    top_probability = max(Recognizer.from_checkpoint(path, device="cpu").answer(picture, "x.png").top.values())
+    above = Recognizer.from_checkpoint(path, device="cpu", unknown_below=top_probability + 1e-4)
+    verdict, top, _, _ = respond(above, {"path": str(picture), "orig_name": "x.png"})
+    assert verdict.startswith(f"**Unknown**: no class reaches {top_probability + 1e-4:.0%};") and len(top) == 5
+    below = Recognizer.from_checkpoint(path, device="cpu", unknown_below=top_probability - 1e-4)
+    assert respond(below, {"path": str(picture), "orig_name": "x.png"})[0] == ""
 
 
 @pytest.mark.parametrize("method", ["glsim", "vit"])
@@ -77,10 +88,11 @@ def test_cli_serve_passes_its_options(monkeypatch):
     calls = []
     monkeypatch.setattr(server, "serve", lambda *args, **kwargs: calls.append((args, kwargs)))
     assert cli.main(["serve", "runs/x"]) == 0
-    assert cli.main(["serve", "runs/y", "--host", "0.0.0.0", "--port", "8001", "--share", "--device", "cpu"]) == 0
+    assert cli.main(["serve", "runs/y", "--host", "0.0.0.0", "--port", "8001", "--share", "--device", "cpu",
+                     "--unknown-below", "0.4"]) == 0
     assert calls == [
-        (("runs/x",), dict(host="127.0.0.1", port=7860, share=False, device="auto")),
-        (("runs/y",), dict(host="0.0.0.0", port=8001, share=True, device="cpu")),
+        (("runs/x",), dict(host="127.0.0.1", port=7860, share=False, device="auto", unknown_below=None)),
+        (("runs/y",), dict(host="0.0.0.0", port=8001, share=True, device="cpu", unknown_below=0.4)),
     ]
 
 

@@ -34,6 +34,7 @@ EXAMPLE_COUNT = 4
 @dataclass(frozen=True)
 class Answer:
     top: dict[str, float]  # class name -> probability, most probable first
+    unknown: bool  # the top probability is under the predictor's `unknown_below`
     heat_map: np.ndarray | None  # (H, W, 3) uint8: the model's input with the map blended over it
     crop: np.ndarray | None  # (h, w, 3) uint8: the part of the input GLSim looked at twice
 
@@ -47,10 +48,13 @@ class Recognizer:
         self.examples = examples or []
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, device: str = "auto") -> Recognizer:
-        """Class names come from the checkpoint; examples only if its dataset is on disk."""
+    def from_checkpoint(cls, path: str | os.PathLike, device: str = "auto",
+                        unknown_below: float | None = None) -> Recognizer:
+        """Class names (and a calibrated temperature) come from the checkpoint; examples only if
+        its dataset is on disk. Below `unknown_below`, the answer is "unknown"."""
         data = load_checkpoint(path).config.data
-        return cls(Predictor.from_checkpoint(path, device=device), data, example_images(data))
+        predictor = Predictor.from_checkpoint(path, device=device, unknown_below=unknown_below)
+        return cls(predictor, data, example_images(data))
 
     @property
     def is_glsim(self) -> bool:
@@ -64,7 +68,7 @@ class Recognizer:
         batch = self.predictor.transform(image).unsqueeze(0)
         shown = (batch[0] * self.std + self.mean).clamp(0, 1).permute(1, 2, 0).numpy()
         heat_map, crop = self._where_it_looked(batch.to(self.predictor.device), shown)
-        return Answer(top, heat_map, crop)
+        return Answer(top, prediction.unknown, heat_map, crop)
 
     def _where_it_looked(self, batch: torch.Tensor, shown: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
         model, size = self.predictor.model, batch.shape[-2:]

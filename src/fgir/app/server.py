@@ -24,7 +24,8 @@ IMAGE_HEIGHT = 280  # pixels on the page; small model inputs (and crops) are sca
 def build_app(recognizer: Recognizer) -> gr.Blocks:
     """The page: a picture in; the top classes, the heat map and (GLSim) the crop out."""
     where = "GLS similarity to the global token" if recognizer.is_glsim else "last-layer CLS attention"
-    with gr.Blocks(title="fgir", analytics_enabled=False) as app:
+    # Uploads are people's pictures: Gradio's copies live an hour at most and go when the server stops.
+    with gr.Blocks(title="fgir", analytics_enabled=False, delete_cache=(3600, 3600)) as app:
         gr.Markdown(
             f"### What is in the picture?\nThe top {TOP_K} of {len(recognizer.predictor.class_names)} classes. "
             f"Images only ({', '.join(ACCEPTED_FORMATS)}), at most {MAX_UPLOAD_BYTES // 2**20} MB and "
@@ -36,6 +37,7 @@ def build_app(recognizer: Recognizer) -> gr.Blocks:
                                    height=IMAGE_HEIGHT, elem_id="picture")
                 submit = gr.Button("Recognise", variant="primary")
             with gr.Column():
+                verdict = gr.Markdown(elem_id="verdict")
                 classes = gr.Label(label=f"top {TOP_K}", num_top_classes=TOP_K, elem_id="classes")
                 heat_map = gr.Image(label=f"where the model looked: {where}", interactive=False, height=IMAGE_HEIGHT,
                                     elem_id="heat-map")
@@ -45,13 +47,13 @@ def build_app(recognizer: Recognizer) -> gr.Blocks:
             gr.Examples(recognizer.examples, inputs=picture, label="examples from the test split")
         # preprocess=False: the callback checks the raw upload itself, so a bad file gets our
         # readable message instead of a decoding error inside Gradio.
-        submit.click(partial(respond, recognizer), inputs=picture, outputs=[classes, heat_map, crop],
+        submit.click(partial(respond, recognizer), inputs=picture, outputs=[verdict, classes, heat_map, crop],
                      preprocess=False)
     return app
 
 
-def respond(recognizer: Recognizer, upload: dict | None) -> tuple[dict[str, float], object, object]:
-    """The click handler: Gradio's file payload in, the three outputs out; refusals become gr.Error,
+def respond(recognizer: Recognizer, upload: dict | None) -> tuple[str, dict[str, float], object, object]:
+    """The click handler: Gradio's file payload in, the four outputs out; refusals become gr.Error,
     which the page shows as a message."""
     if not upload or not upload.get("path"):
         raise gr.Error(NO_IMAGE)
@@ -59,7 +61,15 @@ def respond(recognizer: Recognizer, upload: dict | None) -> tuple[dict[str, floa
         answer = recognizer.answer(upload["path"], upload.get("orig_name") or "the picture")
     except UploadError as err:
         raise gr.Error(str(err)) from err
-    return answer.top, answer.heat_map, answer.crop
+    return verdict_text(recognizer, answer.unknown), answer.top, answer.heat_map, answer.crop
+
+
+def verdict_text(recognizer: Recognizer, unknown: bool) -> str:
+    """Empty unless the answer is "unknown": the Label's heading always names the top class."""
+    if not unknown:
+        return ""
+    return (f"**Unknown**: no class reaches {recognizer.predictor.unknown_below:.0%}; "
+            "the closest ones are listed below.")
 
 
 def host_warning(host: str, share: bool) -> str | None:
@@ -88,6 +98,7 @@ def launch(app: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, share: boo
 
 
 def serve(checkpoint: str | os.PathLike, host: str = "127.0.0.1", port: int = 7860, share: bool = False,
-          device: str = "auto") -> None:
+          device: str = "auto", unknown_below: float | None = None) -> None:
     """`fgir serve`: load the checkpoint and serve it until interrupted."""
-    launch(build_app(Recognizer.from_checkpoint(checkpoint, device=device)), host, port, share)
+    recognizer = Recognizer.from_checkpoint(checkpoint, device=device, unknown_below=unknown_below)
+    launch(build_app(recognizer), host, port, share)
