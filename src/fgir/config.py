@@ -74,9 +74,15 @@ class DataConfig:
     random_erasing: float = 0.3  # medium and strong presets only
     mixup_alpha: float = 0.8  # strong preset only
     cutmix_alpha: float = 1.0  # strong preset only
+    # The global batch: under torchrun each of the W processes takes batch_size / W (which must divide),
+    # so a recipe trains the same whatever the number of processes.
     batch_size: int = 8
     eval_batch_size: int = 64
     num_workers: int = -1  # -1: chosen from the machine
+    # fail: an unreadable or missing image stops the run, naming the file. skip: training leaves such
+    # images out of their batch and lists them at the end of each epoch (metrics.json `skipped_images`);
+    # evaluation reports them and how many images were scored.
+    on_error: str = "fail"
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     long_tail: LongTailConfig = field(default_factory=LongTailConfig)
 
@@ -167,6 +173,10 @@ class TrainConfig:
     seed: int = 1
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     resume: str | None = None  # a run directory to continue
+    # A checkpoint file or run directory whose model weights start this (new) run; its class count
+    # must match unless init_new_head is true, which starts the classification head afresh.
+    init_from: str | None = None
+    init_new_head: bool = False
     output_dir: str = "runs"
     run_name: str | None = None
     log_every: int = 10  # steps between scalar logs
@@ -187,6 +197,7 @@ class Config:
 CHOICES = {
     "data.format": ("csv", "labels", "folder", "synthetic"),
     "data.augment": ("weak", "medium", "strong"),
+    "data.on_error": ("fail", "skip"),
     "train.optimizer": ("sgd", "adamw"),
     "train.precision": ("auto", "fp32", "bf16", "fp16"),
     "model.glsim.similarity": ("cosine", "l1", "l2"),

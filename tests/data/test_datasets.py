@@ -8,9 +8,10 @@ import torch
 from PIL import Image
 
 from fgir.config import ConfigError, DataConfig, SyntheticConfig
-from fgir.data.datasets import ImageListDataset, build_dataset, dataset_info
+from fgir.data.datasets import Batch, ImageListDataset, build_dataset, collate_readable, dataset_info
 from fgir.data.images import ImageReadError
 from fgir.data.readers import DatasetFileError
+from fgir.data.sampler import build_loader
 from fgir.data.transforms import build_transform
 
 
@@ -153,3 +154,24 @@ def test_dataset_validates_lengths():
         ImageListDataset(["/a", "/b"], [0], ["x"])
     with pytest.raises(ValueError, match=r"boxes must have shape \(1, 4\), got \(1, 3\)"):
         ImageListDataset(["/a"], [0], ["x"], boxes=np.zeros((1, 3)))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_with_on_error_skip_unreadable_images_leave_the_batch_and_are_named(csv_root, workers):
+    (csv_root / "imgs" / "b" / "3.png").write_bytes(b"")  # zero bytes
+    (csv_root / "train.csv").write_text("class_id,dir\n0,a/1.png\n1,b/3.png\n2,c/4.png\n0,a/gone.png\n")
+    transform = build_transform(DataConfig(image_size=8, resize_ratio=1.0), train=False)
+    dataset = build_dataset(config(csv_root, on_error="skip"), "train", transform)
+    loader = build_loader(dataset, batch_size=4, train=False, seed=0, num_workers=workers, collate_fn=collate_readable)
+    (batch,) = list(loader)
+    assert isinstance(batch, Batch) and batch.kept.tolist() == [True, False, True, False]
+    assert batch.labels.tolist() == [0, 2] and batch.images.shape == (2, 3, 8, 8)
+    assert [s.path for s in batch.skipped] == [dataset.paths[1], dataset.paths[3]]
+    assert "file is empty (0 bytes)" in batch.skipped[0].message and "file not found" in batch.skipped[1].message
+    # The default fails with the path; an all-unreadable batch is empty, not an error.
+    with pytest.raises(ImageReadError, match=r"imgs/b/3\.png: file is empty"):
+        build_dataset(config(csv_root), "train", transform)[1]
+    empty = collate_readable([dataset[1], dataset[3]])
+    assert empty.images.shape == (0,) and empty.labels.shape == (0,) and len(empty.skipped) == 2
+    with pytest.raises(ValueError, match="on_error must be 'fail' or 'skip'"):
+        ImageListDataset(["/a"], [0], ["x"], on_error="ignore")

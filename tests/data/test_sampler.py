@@ -1,4 +1,5 @@
 import hashlib
+import signal
 
 import numpy as np
 import pytest
@@ -7,7 +8,7 @@ from PIL import Image
 
 from fgir.config import DataConfig
 from fgir.data.datasets import ImageListDataset
-from fgir.data.sampler import EpochSampler, auto_num_workers, build_loader, sample_seeds
+from fgir.data.sampler import EpochSampler, auto_num_workers, build_loader, ignore_stop_signals, sample_seeds
 from fgir.data.transforms import build_transform
 
 
@@ -116,3 +117,51 @@ def test_eval_loader_keeps_order_and_every_sample(small_dataset):
     loader = build_loader(small_dataset, batch_size=5, train=False, seed=0, num_workers=0)
     labels = torch.cat([batch_labels for _, batch_labels in loader])
     assert labels.tolist() == small_dataset.labels
+
+
+def test_skipping_the_start_of_an_epoch_continues_the_same_stream():
+    sampler = EpochSampler(23, seed=5, shuffle=True, rank=1, world_size=2, drop_last=True)
+    full = keys(sampler, 3)
+    sampler.set_epoch(3, skip=4)
+    assert list(sampler) == full[4:] and len(sampler) == len(full) == 11
+    sampler.set_epoch(4)  # the skip holds for one epoch only
+    assert len(list(sampler)) == 11
+    with pytest.raises(ValueError, match=r"skip must be in \[0, 11\]"):
+        sampler.set_epoch(3, skip=12)
+
+
+class KeyEcho(torch.utils.data.Dataset):
+    def __init__(self, size):
+        self.size = size
+
+    def __len__(self):
+        return self.size
+
+    def __getitem__(self, key):
+        return key
+
+
+def test_train_shards_of_a_global_batch_are_the_single_process_batches():
+    # W processes at batch B / W train on exactly the samples of one process at batch B.
+    keys_ = KeyEcho(19)
+    one = build_loader(keys_, batch_size=4, train=True, seed=2, num_workers=0, collate_fn=list)
+    two = [build_loader(keys_, batch_size=2, train=True, seed=2, num_workers=0, collate_fn=list,
+                        rank=r, world_size=2) for r in range(2)]
+    for loader in (one, *two):
+        loader.sampler.set_epoch(1)
+    shards = [list(loader) for loader in two]
+    assert len(one) == len(two[0]) == 4
+    for batch, *parts in zip(one, *shards, strict=True):
+        assert sorted(batch) == sorted(key for part in parts for key in part)
+
+
+def test_workers_leave_stop_signals_to_the_main_process(small_dataset):
+    loader = build_loader(small_dataset, batch_size=5, train=False, seed=0, num_workers=1)
+    assert loader.worker_init_fn is ignore_stop_signals
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        ignore_stop_signals(0)
+        assert signal.getsignal(signal.SIGINT) is signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

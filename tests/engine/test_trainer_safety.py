@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from fgir.data import datasets
+from fgir.data.images import read_image
 from fgir.engine import trainer
 from fgir.engine.checkpoint import load_checkpoint
 from fgir.engine.losses import classification_loss
@@ -159,8 +161,13 @@ def test_periodic_checkpoints_resume_bit_identically_after_a_crash(tiny_config, 
     last = last_checkpoint(part, with_train_state=True)
     assert (last.epoch, last.global_step, last.train_state["epoch_state"]["batches"]) == (1, 6, 2)
     monkeypatch.setattr(trainer, "classification_loss", classification_loss)
+    reads = []
+    monkeypatch.setattr(datasets, "read_image", lambda path: reads.append(path) or read_image(path))
     train(tiny_config(*COMMON, f"train.resume={part}", "train.checkpoint_every_steps=3"), progress=False)
     assert same_weights(full.run_dir, part) and same_rows(full.run_dir, part)
+    # The 2 batches of epoch 2 trained on before the crash are not read again: 2 + 4 batches of 4
+    # images, then 6 validation images after epochs 2 and 3 and the 9 test images.
+    assert len(reads) == (2 + 4) * 4 + 2 * 6 + 9
 
 
 def test_a_second_signal_stops_at_once_and_restores_the_handlers(tiny_config, monkeypatch):

@@ -5,15 +5,16 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from fgir.config import ConfigError, DataConfig
-from fgir.data.images import read_image
+from fgir.data.images import ImageReadError, read_image
 from fgir.data.readers import (
     SplitRows,
     class_folders,
@@ -33,6 +34,9 @@ class ImageListDataset(Dataset):
     A key is an index or `(index, sample_seed)`. With a seed, the transform runs under a private
     random state seeded by it, so the augmentation of a sample is a pure function of
     (sample_seed, image): independent of worker count, worker assignment and what ran before.
+
+    on_error="skip": an image that cannot be read comes back as an `UnreadableImage` instead of
+    raising; `collate_readable` then leaves it out of the batch and passes its message along.
     """
 
     def __init__(
@@ -42,6 +46,7 @@ class ImageListDataset(Dataset):
         class_names: list[str],
         transform: Callable[[Any], Any] | None = None,
         boxes: np.ndarray | torch.Tensor | None = None,
+        on_error: str = "fail",
     ) -> None:
         if len(paths) != len(labels):
             raise ValueError(f"got {len(paths)} paths but {len(labels)} labels")
@@ -52,6 +57,9 @@ class ImageListDataset(Dataset):
         self.class_names = class_names
         self.transform = transform
         self.boxes = None if boxes is None else torch.as_tensor(boxes, dtype=torch.float32)
+        if on_error not in ("fail", "skip"):
+            raise ValueError(f"on_error must be 'fail' or 'skip', got '{on_error}'")
+        self.on_error = on_error
 
     @property
     def num_classes(self) -> int:
@@ -60,15 +68,46 @@ class ImageListDataset(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Any, int]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Any, int] | UnreadableImage:
         index, sample_seed = key if isinstance(key, tuple) else (key, None)
-        image = read_image(self.paths[index])
+        try:
+            image = read_image(self.paths[index])
+        except ImageReadError as err:
+            if self.on_error == "fail":
+                raise
+            return UnreadableImage(self.paths[index], str(err))
         label = self.labels[index]
         if self.transform is None:
             return image, label
         if sample_seed is None:
             return self.transform(image), label
         return _seeded_call(self.transform, image, sample_seed), label
+
+
+@dataclass(frozen=True)
+class UnreadableImage:
+    """Stands in for a sample whose image could not be read (on_error="skip")."""
+
+    path: str
+    message: str
+
+
+@dataclass
+class Batch:
+    """What a loader over a skipping dataset yields: the readable samples, and which were left out."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    kept: torch.Tensor  # (len(samples),) bool: the batch's samples that are in `images`, in order
+    skipped: list[UnreadableImage]
+
+
+def collate_readable(samples: list[tuple[Any, int] | UnreadableImage]) -> Batch:
+    """Collate the readable samples; an all-unreadable batch gives empty tensors."""
+    good = [s for s in samples if not isinstance(s, UnreadableImage)]
+    images, labels = default_collate(good) if good else (torch.empty(0), torch.empty(0, dtype=torch.long))
+    kept = torch.tensor([not isinstance(s, UnreadableImage) for s in samples])
+    return Batch(images, labels, kept, [s for s in samples if isinstance(s, UnreadableImage)])
 
 
 def _seeded_call(function: Callable[[Any], Any], argument: Any, seed: int) -> Any:
@@ -134,7 +173,7 @@ def build_dataset(data: DataConfig, split: str, transform: Callable[[Any], Any] 
     rows, image_root = _read_split(data, location, num_classes, names)
     base = os.path.abspath(image_root)
     paths = [os.path.join(base, relative) for relative in rows.paths]
-    return ImageListDataset(paths, rows.labels, names, transform, rows.boxes)
+    return ImageListDataset(paths, rows.labels, names, transform, rows.boxes, on_error=data.on_error)
 
 
 def _read_split(

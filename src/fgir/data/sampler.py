@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
+import signal
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,6 +46,8 @@ class EpochSampler(Sampler[tuple[int, int]]):
     With world_size W > 1 the epoch's order is dealt round-robin to the ranks. drop_last=False
     pads the order by wrapping to its start so every rank gets ceil(n / W) samples (a few samples
     then appear twice in the epoch, with the same seed); drop_last=True cuts it to floor(n / W) * W.
+    `set_epoch(epoch, skip=k)` leaves out this rank's first k samples of that epoch (a run resumed
+    mid-epoch does not read again what it already trained on); `len` stays the whole epoch's share.
     """
 
     def __init__(
@@ -67,9 +71,12 @@ class EpochSampler(Sampler[tuple[int, int]]):
         self.world_size = world_size
         self.drop_last = drop_last
         self.epoch = 0
+        self.skip = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        if not 0 <= skip <= len(self):
+            raise ValueError(f"skip must be in [0, {len(self)}] (this rank's samples per epoch), got {skip}")
+        self.epoch, self.skip = epoch, skip
 
     def _epoch_length(self) -> int:
         """Samples in the epoch across all ranks, after padding or cutting."""
@@ -88,8 +95,16 @@ class EpochSampler(Sampler[tuple[int, int]]):
         else:
             order = np.arange(self.num_samples)
         order = np.resize(order, self._epoch_length())  # np.resize repeats from the start to pad
-        mine = order[self.rank :: self.world_size]
+        mine = order[self.rank :: self.world_size][self.skip :]
         return zip(mine.tolist(), sample_seeds(key, mine).tolist(), strict=True)
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """Workers leave SIGINT / SIGTERM to the main process, which stops at the end of a step and saves
+    a checkpoint (a Ctrl-C or a scheduler's SIGTERM reaches the whole process group); the main process
+    shuts the workers down itself, and they exit when it dies."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def auto_num_workers(num_samples: int) -> int:
@@ -111,13 +126,17 @@ def build_loader(
     drop_last: bool | None = None,
     rank: int = 0,
     world_size: int = 1,
+    collate_fn: Callable[[list[Any]], Any] | None = None,
 ) -> DataLoader:
     """A DataLoader over an `EpochSampler`: shuffled and dropping the last partial batch when
     `train` (unless `drop_last` says otherwise). Call `loader.sampler.set_epoch(epoch)` before each
     epoch. num_workers=-1 picks `auto_num_workers`; workers persist across epochs. With several
-    ranks every rank gets ceil(n / world_size) samples (padded by wrapping, see EpochSampler)."""
+    ranks every rank gets ceil(n / world_size) samples (padded by wrapping, see EpochSampler), or
+    floor(n / world_size) with drop_last: then W ranks at batch B / W train on exactly the batches
+    one process at batch B would. `collate_fn` replaces the default (e.g. to drop unreadable images)."""
     drop_last = train if drop_last is None else drop_last
-    sampler = EpochSampler(len(dataset), seed=seed, shuffle=train, rank=rank, world_size=world_size)
+    sampler = EpochSampler(len(dataset), seed=seed, shuffle=train, rank=rank, world_size=world_size,
+                           drop_last=drop_last)
     workers = auto_num_workers(len(dataset)) if num_workers < 0 else num_workers
     return DataLoader(
         dataset,
@@ -126,6 +145,8 @@ def build_loader(
         num_workers=workers,
         pin_memory=pin_memory,
         drop_last=drop_last,
+        collate_fn=collate_fn,
+        worker_init_fn=ignore_stop_signals if workers > 0 else None,
         persistent_workers=workers > 0,
         prefetch_factor=4 if workers > 0 else None,
     )

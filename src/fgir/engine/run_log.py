@@ -1,5 +1,6 @@
 """Where a run's numbers go: metrics.csv + metrics.json per epoch, TensorBoard scalars, and
-optionally Weights & Biases (off by default)."""
+optionally Weights & Biases (off by default), and the unreadable images skipped per epoch
+(skipped_images.json, with data.on_error=skip). Under torchrun only rank 0 writes (`writes`)."""
 
 from __future__ import annotations
 
@@ -14,11 +15,14 @@ from fgir.fileio import atomic_write_text
 
 
 class RunLog:
-    def __init__(self, run_dir: Path, config: Config):
+    def __init__(self, run_dir: Path, config: Config, writes: bool = True):
         self.run_dir = run_dir
+        self.writes = writes
         self.rows: list[dict[str, Any]] = self._read_existing()
         self.tb = None
         self.wandb = None
+        if not writes:
+            return
         if config.train.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -45,6 +49,8 @@ class RunLog:
 
     def epoch(self, row: dict[str, Any], step: int) -> None:
         self.rows = [r for r in self.rows if r["epoch"] != row["epoch"]] + [row]
+        if not self.writes:
+            return
         self.scalars({k: v for k, v in row.items() if k != "epoch" and isinstance(v, (int, float))}, step)
         atomic_write_text(self.run_dir / "metrics.json", json.dumps(self.rows, indent=1))
         columns = list(dict.fromkeys(k for r in self.rows for k in r))
@@ -53,6 +59,15 @@ class RunLog:
         writer.writeheader()
         writer.writerows(self.rows)
         atomic_write_text(self.run_dir / "metrics.csv", buffer.getvalue())
+
+    def skipped_images(self, epoch: int, messages: list[str]) -> None:
+        """Record which images an epoch left out; a resumed run keeps the earlier epochs' lists."""
+        if not self.writes:
+            return
+        path = self.run_dir / "skipped_images.json"
+        skipped = json.loads(path.read_text()) if path.is_file() else {}
+        skipped[str(epoch)] = messages
+        atomic_write_text(path, json.dumps(skipped, indent=1))
 
     def close(self) -> None:
         if self.tb is not None:

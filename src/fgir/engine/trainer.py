@@ -2,25 +2,28 @@
 
 config -> data + model -> epochs of (train, validate, checkpoint) -> test once with the
 best-validation weights. Nothing here knows how a method works inside: a model maps images to
-logits. Model selection uses the validation split only; the test split is scored exactly once.
+logits (and may offer an `auxiliary_loss()` to add after a training forward). Model selection uses
+the validation split only; the test split is scored exactly once.
 
 Safety: a step with a non-finite loss or gradient is skipped (counted in `skipped_steps`) and
 `train.max_bad_steps` of them in a row raise DivergenceError. SIGTERM / SIGINT end the current
 optimizer step, write a resumable `last` checkpoint that records the position inside the epoch and
 raise TrainingInterrupted; `train.resume` then continues bit-identically (as after
-`train.checkpoint_every_steps` checkpoints).
+`train.checkpoint_every_steps` checkpoints), without reading the batches already trained on.
+
+Under torchrun every process runs this same loop on its shard of each batch (DDP); decisions that
+must agree (skip a step, stop on a signal) are reduced across ranks, and only rank 0 writes files.
 """
 
 from __future__ import annotations
 
-import itertools
+import contextlib
 import json
 import math
 import signal
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -30,11 +33,22 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from fgir.config import Config, save_config, to_dict
+from fgir.config import Config, ConfigError, save_config, to_dict
 from fgir.data import build_batch_mix, build_dataset, build_loader, build_transform, dataset_info
+from fgir.data.datasets import Batch, collate_readable
 from fgir.engine.checkpoint import CheckpointError, load_checkpoint, load_model_state, save_checkpoint
 from fgir.engine.device import autocast, resolve_device, resolve_precision
-from fgir.engine.evaluator import predict_loader
+from fgir.engine.distributed import (
+    Distributed,
+    barrier,
+    cleanup,
+    gather_objects,
+    init_distributed,
+    process_device,
+    sum_across_ranks,
+    wrap_model,
+)
+from fgir.engine.evaluator import predict_split
 from fgir.engine.losses import classification_loss
 from fgir.engine.metrics import classification_metrics
 from fgir.engine.optim import build_optimizer, build_scheduler
@@ -43,6 +57,7 @@ from fgir.engine.run_log import RunLog
 from fgir.errors import FgirError
 from fgir.fileio import atomic_write_text
 from fgir.models.factory import build_model
+from fgir.models.peft.freezing import trainable_report
 
 
 @dataclass
@@ -64,13 +79,15 @@ class TrainingInterrupted(FgirError):
 @dataclass
 class EpochState:
     """Where training stands inside an epoch. Mid-epoch checkpoints store it so that a resumed run
-    skips the batches already trained on and ends bit-identical to an uninterrupted one."""
+    skips the batches already trained on and ends bit-identical to an uninterrupted one. The sums
+    are this process's; a checkpoint stores them summed over all processes."""
 
-    batches: int = 0  # batches of this epoch already trained on
+    batches: int = 0  # batches of this epoch already trained on (per process)
     loss_sum: float = 0.0
     seen: int = 0
     skipped_steps: int = 0
     bad_in_a_row: int = 0  # carried over from epoch to epoch
+    skipped_images: list[str] = field(default_factory=list)  # messages of unreadable images (data.on_error=skip)
 
 
 class StopSignals:
@@ -98,174 +115,422 @@ class StopSignals:
             signal.signal(sig, handler)
 
 
-def eval_loader(config: Config, split: str, device: torch.device) -> DataLoader:
-    """The `split` with the test transform, in dataset order: validation and test read data alike."""
+@dataclass
+class TrainContext:
+    """What the epochs of one run share: built once in `train`, read by `train_one_epoch`."""
+
+    config: Config
+    model: nn.Module  # what runs forward: the DDP wrapper under torchrun
+    net: nn.Module  # the model itself, whose weights are saved
+    train_loader: DataLoader
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    batch_mix: Any
+    device: torch.device
+    dtype: torch.dtype | None
+    ddp: Distributed
+    log: RunLog
+    run_dir: Path
+    class_names: list[str]
+    progress: bool
+    stop: StopSignals
+    global_step: int = 0
+    best_top1: float = -1.0
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+
+def check_before_work(config: Config) -> None:
+    """Checks that need the backbone's patch size, read from a weightless (meta-device) build."""
+    import timm
+
+    model = config.model
+    try:
+        with torch.device("meta"):
+            vit = timm.create_model(model.backbone, pretrained=False, img_size=config.data.image_size,
+                                    **model.backbone_args)
+    except Exception as err:  # timm raises many kinds for unknown names or bad arguments
+        raise ConfigError(f"model.backbone='{model.backbone}' with model.backbone_args={model.backbone_args} "
+                          f"cannot be built: {type(err).__name__}: {err}") from None
+    patch = getattr(getattr(vit, "patch_embed", None), "patch_size", None)
+    if patch is None:
+        return  # not a patch-based backbone: nothing to check
+    patch_h, patch_w = patch
+    size = config.data.image_size
+    if size % patch_h or size % patch_w:
+        raise ConfigError(f"data.image_size={size} is not divisible by the patch size {patch_h}x{patch_w} of "
+                          f"model.backbone='{model.backbone}'; use a multiple of {patch_h}")
+    patches = (size // patch_h) * (size // patch_w)
+    if model.method == "glsim" and model.glsim.top_o > patches:
+        raise ConfigError(f"model.glsim.top_o={model.glsim.top_o} is larger than the number of patches "
+                          f"({size}/{patch_h})^2 = {patches} at data.image_size={size}")
+
+
+def per_process_batch(batch_size: int, ddp: Distributed) -> int:
+    if batch_size % ddp.world_size:
+        raise ConfigError(f"data.batch_size={batch_size} is the global batch and must be divisible by the "
+                          f"number of processes ({ddp.world_size})")
+    return batch_size // ddp.world_size
+
+
+def eval_loader(config: Config, split: str, device: torch.device, ddp: Distributed = Distributed()) -> DataLoader:
+    """The `split` with the test transform, in dataset order: validation and test read data alike.
+    Under torchrun each process gets a shard (see fgir.engine.evaluator.predict_split)."""
     dataset = build_dataset(config.data, split, build_transform(config.data, train=False))
     return build_loader(dataset, batch_size=config.data.eval_batch_size, train=False, seed=config.train.seed,
-                        num_workers=config.data.num_workers, pin_memory=device.type == "cuda")
+                        num_workers=config.data.num_workers, pin_memory=device.type == "cuda",
+                        rank=ddp.rank, world_size=ddp.world_size, collate_fn=_collate(config))
+
+
+def _collate(config: Config):
+    return collate_readable if config.data.on_error == "skip" else None
 
 
 def make_run_dir(config: Config) -> Path:
+    """The run directory: the one to resume, or a new one. A directory whose run was killed before
+    its first `last` checkpoint holds nothing to resume and is started afresh."""
     if config.train.resume:
         run_dir = Path(config.train.resume)
         if not (run_dir / "checkpoints" / "last.safetensors").is_file():
             raise CheckpointError(f"train.resume={run_dir}: no checkpoints/last.safetensors to resume from")
-        return run_dir
-    name = config.train.run_name or f"{config.data.name}-{config.model.method}-{datetime.now():%Y%m%d-%H%M%S}"
-    run_dir = Path(config.train.output_dir) / name
-    if (run_dir / "checkpoints").exists():
-        raise FileExistsError(f"{run_dir} already holds a run; resume it with train.resume={run_dir} or pick another train.run_name")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        name = config.train.run_name or f"{config.data.name}-{config.model.method}-{datetime.now():%Y%m%d-%H%M%S}"
+        run_dir = Path(config.train.output_dir) / name
+        if (run_dir / "checkpoints" / "last.safetensors").exists():
+            raise FileExistsError(f"{run_dir} already holds a run; resume it with train.resume={run_dir} or pick another train.run_name")
+        run_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(run_dir)
     return run_dir
+
+
+def remove_stale_temporaries(run_dir: Path) -> None:
+    """A process killed while writing leaves its temporary file (fgir.fileio.atomic_path names them
+    `.<name>.*.tmp`); nothing reads them, but a checkpoint's can weigh gigabytes."""
+    for folder in (run_dir, run_dir / "checkpoints"):
+        for tmp in folder.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
+
+
+def _shared_run_dir(config: Config, ddp: Distributed) -> Path:
+    """Rank 0 names (and creates) the run directory; the others take its answer, error included."""
+    outcome: Path | Exception | None = None
+    if ddp.is_main:
+        try:
+            outcome = make_run_dir(config)
+        except (FgirError, FileExistsError) as err:
+            outcome = err
+    outcome = gather_objects(outcome, ddp)[0]  # type: ignore[assignment]
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome  # type: ignore[return-value]
+
+
+def init_weights_from(net: nn.Module, source: str, new_head: bool) -> list[str]:
+    """Load the model weights of another run (`train.init_from`). With `new_head`, tensors whose
+    shape differs only where the class count differs keep their fresh initialisation; returns them."""
+    checkpoint = load_checkpoint(source)
+    state, own = dict(checkpoint.model_state), net.state_dict()
+    fresh = []
+    if new_head:
+        theirs = len(checkpoint.class_names)
+        for key in sorted(own.keys() & state.keys()):
+            a, b = tuple(state[key].shape), tuple(own[key].shape)
+            if a != b and len(a) == len(b) and all(x == y or x == theirs for x, y in zip(a, b, strict=True)):
+                state[key] = own[key]
+                fresh.append(key)
+    try:
+        load_model_state(net, state, f"train.init_from={checkpoint.path}")
+    except CheckpointError as err:
+        hint = "" if new_head else "; to start the classification head afresh set train.init_new_head=true"
+        raise CheckpointError(f"{err}{hint}") from None
+    return fresh
 
 
 def train(config: Config, progress: bool = True, stop_after_epochs: int | None = None) -> RunResult:
     """Run (or resume) the recipe. `stop_after_epochs` ends this call early, e.g. to fit a job's time
-    limit; the schedule still spans `train.epochs` and `train.resume` continues the run later."""
-    seed_everything(config.train.seed)
+    limit; the schedule still spans `train.epochs` and `train.resume` continues the run later.
+    Under torchrun (WORLD_SIZE > 1) this joins the process group and trains with DDP."""
+    check_before_work(config)
     device = resolve_device(config.train.device)
+    ddp = init_distributed(device)
+    try:
+        return _train(config, progress and ddp.is_main, stop_after_epochs, process_device(device, ddp), ddp)
+    finally:
+        if ddp.owns_group:
+            cleanup()
+
+
+def _train(config: Config, progress: bool, stop_after_epochs: int | None, device: torch.device,
+           ddp: Distributed) -> RunResult:
+    seed_everything(config.train.seed + ddp.rank)  # rank 0 draws as a single process would
     dtype = resolve_precision(config.train.precision, device)
-    run_dir = make_run_dir(config)
-    save_config(config, run_dir / "config.yaml")
+    run_dir = _shared_run_dir(config, ddp)
+    if ddp.is_main:
+        save_config(config, run_dir / "config.yaml")
 
     # Data. The class count comes from the dataset description, never from one split's labels.
     num_classes, class_names = dataset_info(config.data)
     train_set = build_dataset(config.data, "train", build_transform(config.data, train=True))
-    train_loader = build_loader(train_set, batch_size=config.data.batch_size, train=True, seed=config.train.seed,
-                                num_workers=config.data.num_workers, pin_memory=device.type == "cuda")
-    val_loader = eval_loader(config, "val", device) if config.data.val else None
+    train_loader = build_loader(train_set, batch_size=per_process_batch(config.data.batch_size, ddp), train=True,
+                                seed=config.train.seed, num_workers=config.data.num_workers,
+                                pin_memory=device.type == "cuda", rank=ddp.rank, world_size=ddp.world_size,
+                                collate_fn=_collate(config))
+    val_loader = eval_loader(config, "val", device, ddp) if config.data.val else None
     batch_mix = build_batch_mix(config.data, num_classes)
 
     # Model, optimizer, schedule (per optimizer step). A resumed run takes every weight from its
-    # checkpoint, so it does not fetch pretrained weights again (it may run offline).
-    pretrained = False if config.train.resume else None
-    model = build_model(config.model, num_classes, config.data.image_size, pretrained=pretrained).to(device)
-    optimizer = build_optimizer(model, config.train)
+    # checkpoint, so it does not fetch pretrained weights again (it may run offline); neither does
+    # a run initialised from another run's weights.
+    pretrained = False if config.train.resume or config.train.init_from else None
+    net = build_model(config.model, num_classes, config.data.image_size, pretrained=pretrained)
+    if config.train.init_from and not config.train.resume:
+        fresh = init_weights_from(net, config.train.init_from, config.train.init_new_head)
+        if ddp.is_main:
+            print(f"initialised from {config.train.init_from}" + (f"; started afresh: {', '.join(fresh)}" if fresh else ""))
+    net = net.to(device)
+    report_trainable(net, run_dir, ddp)
+    model = wrap_model(net, device, ddp)
+    net = model.module if model is not net else net  # SyncBatchNorm conversion may have replaced modules
+    optimizer = build_optimizer(net, config.train)
     steps_per_epoch = math.ceil(len(train_loader) / config.train.grad_accum_steps)
     scheduler = build_scheduler(optimizer, steps_per_epoch * config.train.epochs, config.train)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
-    start_epoch, global_step, best_top1 = 0, 0, -1.0
-    epoch_state, resume_rng = EpochState(), None
+    ctx = TrainContext(config, model, net, train_loader, optimizer, scheduler, scaler, batch_mix, device, dtype, ddp,
+                       RunLog(run_dir, config, writes=ddp.is_main), run_dir, class_names, progress, StopSignals())
+    start_epoch, epoch_state, resume_rng = 0, EpochState(), None
     if config.train.resume:
-        last = load_checkpoint(run_dir / "checkpoints" / "last.safetensors", with_train_state=True)
-        load_model_state(model, last.model_state, str(last.path))
-        state = last.train_state
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        use_config_lr(optimizer, scheduler, config.train.lr)
-        set_rng_state(state["rng"])
-        start_epoch, global_step, best_top1 = last.epoch, last.global_step, state["best_top1"]
-        epoch_state = EpochState(**{**state.get("epoch_state", {}), "bad_in_a_row": 0})  # a fresh count
-        if epoch_state.batches:  # a mid-epoch checkpoint: the RNG is restored after skipping its batches
-            resume_rng = state["rng"]
-        print(f"resumed {run_dir} at epoch {start_epoch} (step {global_step}, batch {epoch_state.batches})")
-
-    log = RunLog(run_dir, config)
-    ckpt_dir = run_dir / "checkpoints"
-
-    def save_last(epoch: int, global_step: int, metrics: dict[str, Any], epoch_state: EpochState) -> None:
-        # `epoch` counts finished epochs; a mid-epoch checkpoint also says how far the next one got.
-        train_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                       "scaler": scaler.state_dict(), "rng": rng_state(), "best_top1": best_top1,
-                       "epoch_state": asdict(epoch_state)}
-        save_checkpoint(ckpt_dir / "last.safetensors", model, config, class_names, epoch=epoch,
-                        global_step=global_step, metrics=metrics, train_state=train_state)
+        start_epoch, epoch_state, resume_rng = resume(ctx)
 
     try:
         end_epoch = config.train.epochs if stop_after_epochs is None else min(config.train.epochs, start_epoch + stop_after_epochs)
-        with StopSignals() as stop:
+        with ctx.stop:
             for epoch in range(start_epoch, end_epoch):
-                train_loader.sampler.set_epoch(epoch)
-                row, global_step, epoch_state = train_one_epoch(
-                    model, train_loader, optimizer, scheduler, scaler, batch_mix, config, device, dtype, epoch,
-                    global_step, log, progress, epoch_state, resume_rng, stop, save_last, run_dir)
+                row, epoch_state = train_one_epoch(ctx, epoch, epoch_state, resume_rng)
                 resume_rng = None
                 evaluate_now = val_loader is not None and ((epoch + 1) % config.train.eval_every == 0
                                                            or epoch + 1 == config.train.epochs)
                 if evaluate_now:
-                    predictions = predict_loader(model, val_loader, device, dtype, "val", progress)
-                    val = classification_metrics(predictions.logits, predictions.labels)
-                    row.update({f"val_{k}": v for k, v in val.items() if k != "num_samples"})
-                    if val["top1"] > best_top1:
-                        best_top1 = val["top1"]
-                        save_checkpoint(ckpt_dir / "best.safetensors", model, config, class_names,
-                                        epoch=epoch + 1, global_step=global_step, metrics={"val": val})
-                log.epoch(row, global_step)
-                print(_epoch_line(row, config.train.epochs))
-                save_last(epoch + 1, global_step, row, epoch_state)
-                if stop.received:  # arrived during validation: the epoch's checkpoint is already written
-                    raise interrupted(stop.received, run_dir, f"the end of epoch {epoch + 1}", global_step)
+                    val = evaluate(ctx, val_loader, "val")
+                    row.update({f"val_{k}": v for k, v in val.items() if k not in ("num_samples", "skipped_images")})
+                    if val["skipped_images"]:
+                        row["val_skipped_images"] = len(val["skipped_images"])
+                    if val["top1"] > ctx.best_top1:
+                        ctx.best_top1 = val["top1"]
+                        if ddp.is_main:
+                            save_checkpoint(ctx.ckpt_dir / "best.safetensors", net, config, class_names,
+                                            epoch=epoch + 1, global_step=ctx.global_step, metrics={"val": val})
+                ctx.log.epoch(row, ctx.global_step)
+                if ddp.is_main:
+                    print(_epoch_line(row, config.train.epochs))
+                save_last(ctx, epoch + 1, row, epoch_state)
+                if agreed_stop(ctx):  # arrived during validation: the epoch's checkpoint is already written
+                    raise interrupted(ctx.stop.received or "a signal", run_dir, f"the end of epoch {epoch + 1}",
+                                      ctx.global_step)
     finally:
-        log.close()
+        ctx.log.close()
+    barrier(ddp)  # rank 0's checkpoints are complete before anyone reads them
     if end_epoch < config.train.epochs:
-        print(f"stopped after epoch {end_epoch}/{config.train.epochs}; continue with train.resume={run_dir}")
-        return RunResult(run_dir, ckpt_dir / "last.safetensors", None, None)
-    return finish(run_dir, config, model, device, dtype, progress)
+        if ddp.is_main:
+            print(f"stopped after epoch {end_epoch}/{config.train.epochs}; continue with train.resume={run_dir}")
+        return RunResult(run_dir, ctx.ckpt_dir / "last.safetensors", None, None)
+    return finish(ctx)
 
 
-def train_one_epoch(model, loader, optimizer, scheduler, scaler, batch_mix, config: Config, device, dtype,
-                    epoch: int, global_step: int, log: RunLog, progress: bool, state: EpochState,
-                    resume_rng: dict[str, Any] | None, stop: StopSignals,
-                    save_last: Callable[..., None], run_dir: Path) -> tuple[dict[str, Any], int, EpochState]:
-    model.train()
+def report_trainable(net: nn.Module, run_dir: Path, ddp: Distributed) -> None:
+    """trainable_params.json in every run; printed when part of the model is frozen."""
+    if not ddp.is_main:
+        return
+    report = trainable_report(net)
+    if report.trainable < report.total:
+        print(report.format())
+    atomic_write_text(run_dir / "trainable_params.json", json.dumps(report.to_dict(), indent=1))
+
+
+def resume(ctx: TrainContext) -> tuple[int, EpochState, dict[str, Any] | None]:
+    """Restore the `last` checkpoint: weights, optimizer, schedule, scaler, RNG and the position
+    inside the epoch. Returns (first epoch to run, the epoch's state, the RNG to set after its
+    iterator is created when resuming mid-epoch)."""
+    last = load_checkpoint(ctx.ckpt_dir / "last.safetensors", with_train_state=True)
+    load_model_state(ctx.net, last.model_state, str(last.path))
+    state = last.train_state
+    ctx.optimizer.load_state_dict(state["optimizer"])
+    ctx.scheduler.load_state_dict(state["scheduler"])
+    ctx.scaler.load_state_dict(state["scaler"])
+    use_config_lr(ctx.optimizer, ctx.scheduler, ctx.config.train.lr)
+    rngs = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
+    rng = rngs[ctx.ddp.rank % len(rngs)]
+    set_rng_state(rng)
+    ctx.global_step, ctx.best_top1 = last.global_step, state["best_top1"]
+    stored = EpochState(**{**state.get("epoch_state", {}), "bad_in_a_row": 0})  # a fresh count
+    # The stored sums cover every process: rank 0 carries them on, the others start from zero.
+    epoch_state = stored if ctx.ddp.is_main else EpochState(batches=stored.batches, skipped_steps=stored.skipped_steps)
+    if ctx.ddp.is_main:
+        print(f"resumed {ctx.run_dir} at epoch {last.epoch} (step {last.global_step}, batch {stored.batches})")
+    return last.epoch, epoch_state, rng if stored.batches else None
+
+
+def save_last(ctx: TrainContext, epoch: int, metrics: dict[str, Any], state: EpochState) -> None:
+    """The resumable `last` checkpoint. `epoch` counts finished epochs; a mid-epoch checkpoint also
+    says how far the next one got. Every rank takes part (RNG states and sums are gathered)."""
+    rngs = gather_objects(rng_state(), ctx.ddp)
+    totals = merged(state, ctx.ddp)
+    if not ctx.ddp.is_main:
+        return
+    train_state = {"optimizer": ctx.optimizer.state_dict(), "scheduler": ctx.scheduler.state_dict(),
+                   "scaler": ctx.scaler.state_dict(), "rng": rngs, "best_top1": ctx.best_top1,
+                   "epoch_state": asdict(totals)}
+    save_checkpoint(ctx.ckpt_dir / "last.safetensors", ctx.net, ctx.config, ctx.class_names, epoch=epoch,
+                    global_step=ctx.global_step, metrics=metrics, train_state=train_state)
+
+
+def merged(state: EpochState, ddp: Distributed) -> EpochState:
+    """The epoch state with sums and skipped images over all processes."""
+    if not ddp.enabled:
+        return state
+    loss_sum, seen = sum_across_ranks([state.loss_sum, state.seen], ddp)
+    skipped = [m for messages in gather_objects(state.skipped_images, ddp) for m in messages]  # type: ignore[attr-defined]
+    return EpochState(state.batches, loss_sum, int(seen), state.skipped_steps, state.bad_in_a_row, skipped)
+
+
+def agreed_stop(ctx: TrainContext) -> bool:
+    """Did any process receive SIGTERM / SIGINT? All must stop at the same step."""
+    return sum_across_ranks([float(ctx.stop.received is not None)], ctx.ddp)[0] > 0
+
+
+def evaluate(ctx: TrainContext, loader: DataLoader, split: str) -> dict[str, Any]:
+    """Metrics over the whole split, every image counted once across processes. With
+    data.on_error=skip unreadable images are reported, with the number actually scored."""
+    predictions = predict_split(ctx.net, loader, ctx.device, ctx.dtype, ctx.ddp, split, ctx.progress)
+    metrics = classification_metrics(predictions.logits, predictions.labels)
+    metrics["skipped_images"] = predictions.skipped
+    if predictions.skipped and ctx.ddp.is_main:
+        print(f"{split}: {len(predictions.skipped)} unreadable images skipped, {metrics['num_samples']} scored:\n  "
+              + "\n  ".join(predictions.skipped))
+    return metrics
+
+
+def train_one_epoch(ctx: TrainContext, epoch: int, state: EpochState,
+                    resume_rng: dict[str, Any] | None) -> tuple[dict[str, Any], EpochState]:
+    config, loader = ctx.config, ctx.train_loader
+    ctx.model.train()
     accum, every = config.train.grad_accum_steps, config.train.checkpoint_every_steps
     fresh, start = 0, time.perf_counter()  # images trained on by this call, for the rate
+    # The epoch's order is a pure function of (seed, epoch): a run resumed mid-epoch starts the
+    # sampler after the batches already trained on, which are never read again.
+    loader.sampler.set_epoch(epoch, skip=state.batches * loader.batch_size)
     batches = iter(loader)
-    if state.batches:
-        # Resuming mid-epoch. The epoch's order is a pure function of (seed, epoch), so dropping the
-        # batches already trained on continues the same stream (they are still read and decoded). The
-        # RNG goes back to its state at the checkpoint only now: creating the iterator draws from it.
-        next(itertools.islice(batches, state.batches, state.batches), None)
-        set_rng_state(resume_rng)
+    if resume_rng is not None:
+        set_rng_state(resume_rng)  # only now: creating the iterator draws from the RNG
     bar = tqdm(batches, total=len(loader), initial=state.batches, desc=f"epoch {epoch + 1}/{config.train.epochs}",
-               leave=False, disable=not progress)
-    optimizer.zero_grad(set_to_none=True)
+               leave=False, disable=not ctx.progress)
+    ctx.optimizer.zero_grad(set_to_none=True)
     step_is_bad = False
-    for i, (images, labels) in enumerate(bar, start=state.batches):
-        images, targets = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        if batch_mix is not None:
-            images, targets = batch_mix(images, targets)
-        with autocast(device, dtype):
-            logits = model(images)
-        loss = classification_loss(logits.float(), targets, config.train.label_smoothing)
-        loss_value = loss.item()
-        if math.isfinite(loss_value):
-            scaler.scale(loss / accum).backward()
+    for i, batch in enumerate(bar, start=state.batches):
+        if isinstance(batch, Batch):
+            images, labels = batch.images, batch.labels
+            state.skipped_images += [s.message for s in batch.skipped]
+        else:
+            images, labels = batch
+        last_micro_batch = (i + 1) % accum == 0 or i + 1 == len(loader)
+        loss_value = forward_backward(ctx, images, labels, sync=last_micro_batch)
+        if loss_value is None:
+            pass  # every image of the batch was unreadable
+        elif math.isfinite(loss_value):
             state.loss_sum += loss_value * len(images)
             state.seen += len(images)
         else:
-            step_is_bad = True  # no backward: it would spread NaN/inf into every gradient
+            step_is_bad = True
         fresh += len(images)
         state.batches = i + 1
-        last_micro_batch = (i + 1) % accum == 0 or i + 1 == len(loader)
+        stop_now = False
         if last_micro_batch:
-            stepped = not step_is_bad and optimizer_step(model, optimizer, scaler, config.train.grad_clip)
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()  # after a skipped step too, so the schedule stays aligned with the epochs
-            global_step += 1
+            stepped, stop_now = step(ctx, step_is_bad)
             step_is_bad = False
             state.skipped_steps += not stepped
             state.bad_in_a_row = 0 if stepped else state.bad_in_a_row + 1
             if state.bad_in_a_row >= config.train.max_bad_steps:
-                raise diverged(run_dir, epoch, global_step, state.bad_in_a_row)
+                raise diverged(ctx.run_dir, epoch, ctx.global_step, state.bad_in_a_row)
         rate = fresh / (time.perf_counter() - start)
-        lr = optimizer.param_groups[0]["lr"]
-        bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.2e}", img_s=f"{rate:.0f}")
-        if last_micro_batch and global_step % config.train.log_every == 0:
-            log.scalars({"train/loss": loss_value, "train/lr": lr, "train/img_per_s": rate}, global_step)
+        lr = ctx.optimizer.param_groups[0]["lr"]
+        if loss_value is not None:
+            bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.2e}", img_s=f"{rate:.0f}")
+        if last_micro_batch and ctx.global_step % config.train.log_every == 0 and loss_value is not None:
+            ctx.log.scalars({"train/loss": loss_value, "train/lr": lr, "train/img_per_s": rate}, ctx.global_step)
         # Mid-epoch checkpoints only at optimizer-step boundaries: no half-accumulated gradients to lose.
-        periodic = every > 0 and global_step % every == 0 and i + 1 < len(loader)  # the epoch's own follows
-        if last_micro_batch and (periodic or stop.received):
-            save_last(epoch, global_step, {}, state)
-            if stop.received:
-                raise interrupted(stop.received, run_dir, f"epoch {epoch + 1}, batch {i + 1}/{len(loader)}", global_step)
+        periodic = every > 0 and ctx.global_step % every == 0 and i + 1 < len(loader)  # the epoch's own follows
+        if last_micro_batch and (periodic or stop_now):
+            save_last(ctx, epoch, {}, state)
+            if stop_now:
+                raise interrupted(ctx.stop.received or "a signal", ctx.run_dir,
+                                  f"epoch {epoch + 1}, batch {i + 1}/{len(loader)}", ctx.global_step)
     elapsed = time.perf_counter() - start
-    row = {"epoch": epoch + 1, "step": global_step, "train_loss": state.loss_sum / max(state.seen, 1),
-           "lr": optimizer.param_groups[0]["lr"], "train_img_per_s": fresh / elapsed, "epoch_s": elapsed,
-           "skipped_steps": state.skipped_steps}
-    return row, global_step, EpochState(bad_in_a_row=state.bad_in_a_row)
+    totals = merged(state, ctx.ddp)
+    row = {"epoch": epoch + 1, "step": ctx.global_step, "train_loss": totals.loss_sum / max(totals.seen, 1),
+           "lr": ctx.optimizer.param_groups[0]["lr"], "train_img_per_s": fresh * ctx.ddp.world_size / elapsed,
+           "epoch_s": elapsed, "skipped_steps": state.skipped_steps, "skipped_images": len(totals.skipped_images)}
+    if totals.skipped_images:
+        ctx.log.skipped_images(epoch + 1, totals.skipped_images)
+        if ctx.ddp.is_main:
+            print(f"epoch {epoch + 1}: {len(totals.skipped_images)} unreadable training images skipped "
+                  f"(data.on_error=skip):\n  " + "\n  ".join(totals.skipped_images))
+    return row, EpochState(bad_in_a_row=state.bad_in_a_row)
+
+
+def forward_backward(ctx: TrainContext, images: torch.Tensor, labels: torch.Tensor, sync: bool) -> float | None:
+    """One micro-batch: forward, loss (+ the model's auxiliary loss, if it has one), backward.
+    Returns the loss value (non-finite ones are not back-propagated), None for an empty batch.
+    `sync=False` lets DDP accumulate gradients locally until the step's last micro-batch."""
+    accum = ctx.config.train.grad_accum_steps
+    syncing = ctx.model.no_sync() if ctx.ddp.enabled and not sync else contextlib.nullcontext()
+    with syncing:
+        if not len(images):
+            if ctx.ddp.enabled:  # the other processes wait for this one's gradients: send zeros
+                size = ctx.config.data.image_size
+                (ctx.model(torch.zeros(1, 3, size, size, device=ctx.device)).sum() * 0.0).backward()
+            return None
+        images, targets = images.to(ctx.device, non_blocking=True), labels.to(ctx.device, non_blocking=True)
+        if ctx.batch_mix is not None:
+            images, targets = ctx.batch_mix(images, targets)
+        with autocast(ctx.device, ctx.dtype):
+            logits = ctx.model(images)
+        loss = classification_loss(logits.float(), targets, ctx.config.train.label_smoothing)
+        auxiliary = auxiliary_loss(ctx.net)
+        if auxiliary is not None:
+            loss = loss + auxiliary.float()
+        loss_value = loss.item()
+        if math.isfinite(loss_value):
+            ctx.scaler.scale(loss / accum).backward()
+        elif ctx.ddp.enabled:
+            # The other processes wait for this one's gradients: NaN ones make every process see a
+            # non-finite norm and skip the step together. Alone, no backward: it would only spread NaN.
+            (loss * math.nan).backward()
+    return loss_value
+
+
+def auxiliary_loss(net: nn.Module) -> torch.Tensor | None:
+    """The model's extra training loss after a forward (e.g. a layer-wise exclusion loss), if any."""
+    method = getattr(net, "auxiliary_loss", None)
+    return method() if callable(method) else None
+
+
+def step(ctx: TrainContext, step_is_bad: bool) -> tuple[bool, bool]:
+    """End of an optimizer step: update (unless the step is bad), advance the schedule. Returns
+    (the weights were updated, a stop signal arrived), agreed by all processes."""
+    stepped = False if step_is_bad and not ctx.ddp.enabled else optimizer_step(ctx.net, ctx.optimizer, ctx.scaler,
+                                                                               ctx.config.train.grad_clip)
+    stepped = stepped and not step_is_bad
+    stop_now = ctx.stop.received is not None
+    if ctx.ddp.enabled:
+        bad, stops = sum_across_ranks([float(not stepped), float(stop_now)], ctx.ddp)
+        stepped, stop_now = bad == 0, stops > 0
+    ctx.optimizer.zero_grad(set_to_none=True)
+    ctx.scheduler.step()  # after a skipped step too, so the schedule stays aligned with the epochs
+    ctx.global_step += 1
+    return stepped, stop_now
 
 
 def optimizer_step(model: nn.Module, optimizer, scaler, grad_clip: float) -> bool:
@@ -312,22 +577,23 @@ def _epoch_line(row: dict[str, Any], epochs: int) -> str:
     return line
 
 
-def finish(run_dir: Path, config: Config, model: nn.Module, device, dtype, progress: bool) -> RunResult:
+def finish(ctx: TrainContext) -> RunResult:
     """Score the test split once, with the best-validation weights (or the last ones when the
     dataset has no validation split)."""
-    ckpt_dir = run_dir / "checkpoints"
-    chosen = ckpt_dir / "best.safetensors" if (ckpt_dir / "best.safetensors").is_file() else ckpt_dir / "last.safetensors"
+    config, run_dir = ctx.config, ctx.run_dir
+    best, last = ctx.ckpt_dir / "best.safetensors", ctx.ckpt_dir / "last.safetensors"
+    chosen = best if best.is_file() else last
     checkpoint = load_checkpoint(chosen)
-    load_model_state(model, checkpoint.model_state, str(chosen))
+    load_model_state(ctx.net, checkpoint.model_state, str(chosen))
     val_metrics = checkpoint.metrics.get("val")
     test_metrics = None
     if config.data.test:
-        predictions = predict_loader(model, eval_loader(config, "test", device), device, dtype, "test", progress)
-        test_metrics = classification_metrics(predictions.logits, predictions.labels)
-        summary = {"checkpoint": str(chosen), "epoch": checkpoint.epoch, "val": val_metrics, "test": test_metrics,
-                   "config": to_dict(config)}
-        atomic_write_text(run_dir / "test_metrics.json", json.dumps(summary, indent=1))
-        print(f"test top-1 {test_metrics['top1']:.2f}%  top-5 {test_metrics['top5']:.2f}%  "
-              f"mean class acc {test_metrics['mean_class_acc']:.2f}%  ({test_metrics['num_samples']} images, "
-              f"checkpoint {chosen})")
+        test_metrics = evaluate(ctx, eval_loader(config, "test", ctx.device, ctx.ddp), "test")
+        if ctx.ddp.is_main:
+            summary = {"checkpoint": str(chosen), "epoch": checkpoint.epoch, "val": val_metrics, "test": test_metrics,
+                       "config": to_dict(config)}
+            atomic_write_text(run_dir / "test_metrics.json", json.dumps(summary, indent=1))
+            print(f"test top-1 {test_metrics['top1']:.2f}%  top-5 {test_metrics['top5']:.2f}%  "
+                  f"mean class acc {test_metrics['mean_class_acc']:.2f}%  ({test_metrics['num_samples']} images, "
+                  f"checkpoint {chosen})")
     return RunResult(run_dir, chosen, val_metrics, test_metrics)
