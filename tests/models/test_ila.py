@@ -160,6 +160,15 @@ def test_rectangular_grid_through_a_whole_model():
     assert model.token_grids((6, 10)) == {0: (4, 8), 1: (2, 6), 2: (2, 6)}
 
 
+def test_register_tokens_travel_with_the_cls_token():
+    backbone = tiny_backbone(img_size=48, depth=2, reg_tokens=2)
+    model = build_ila(backbone, 3, ModelConfig(peft=PeftConfig(ila_ds_layers=[0]))).eval()
+    seen = []
+    backbone.blocks[1].register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[1]))
+    assert model(torch.randn(2, 3, 48, 48)).shape == (2, 3)
+    assert seen == [3 + 4 * 4]
+
+
 def test_models_without_cls_token_have_no_prefix_projection():
     backbone = tiny_backbone(img_size=48, depth=2, class_token=False, global_pool="avg")
     model = build_ila(backbone, 3, ModelConfig(peft=PeftConfig(ila_ds_layers=[0]))).eval()
