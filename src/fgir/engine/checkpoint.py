@@ -5,13 +5,22 @@ A checkpoint file holds the model weights under their own state_dict names (so p
 resolved config, class names and progress. A resumable checkpoint (`last`) also carries the training
 state (optimizer, scheduler, scaler, RNG) as tensors under `train_state/...` with a JSON skeleton in
 the metadata. Nothing is ever unpickled, and a checkpoint is usable without the dataset on disk.
+
+Frozen-backbone methods (ILA, adapters, VPT, LoRA, ...) built on pretrained weights store only what
+is not the pretrained backbone: their trainable weights and every other tensor that is not a frozen
+backbone tensor (e.g. BatchNorm statistics of added modules), plus the backbone's identity in the
+metadata (model name, weight source and a SHA-256 of the frozen backbone tensors). Five tasks on one
+backbone then cost five small files; loading rebuilds the backbone from the config's weights and
+refuses it when its hash differs.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+import re
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +34,29 @@ from fgir.config import Config, from_dict, to_dict
 from fgir.engine.state_io import flatten, unflatten
 from fgir.errors import FgirError
 from fgir.fileio import atomic_path
+from fgir.models.backbone import Backbone
+from fgir.models.peft.freezing import _FROZEN_TAG, FrozenBackboneModel
 
 FORMAT = "fgir-checkpoint/1"
 TRAIN_STATE = "train_state"
+BACKBONE = "backbone"  # metadata entry of adapter-only checkpoints
 
 
 class CheckpointError(FgirError, ValueError):
     """A checkpoint that cannot be read or does not fit the model; the message names the file."""
+
+
+@dataclass(frozen=True)
+class BackboneIdentity:
+    """The pretrained backbone an adapter-only checkpoint was trained on."""
+
+    model: str  # timm name (model.backbone)
+    weights: str | None  # model.weights; None: the Hugging Face hub
+    sha256: str  # of the frozen backbone tensors, see `backbone_hash`
+    tensors: int  # how many frozen tensors the hash covers
+
+    def describe(self) -> str:
+        return f"{self.model} (weights {self.weights or 'from the Hugging Face hub'})"
 
 
 @dataclass
@@ -44,6 +69,8 @@ class Checkpoint:
     metrics: dict[str, Any] = field(default_factory=dict)
     model_state: dict[str, torch.Tensor] = field(default_factory=dict)
     train_state: dict[str, Any] | None = None
+    # Set for adapter-only checkpoints: model_state then lacks the frozen backbone tensors.
+    backbone: BackboneIdentity | None = None
 
 
 def save_checkpoint(
@@ -57,8 +84,9 @@ def save_checkpoint(
     metrics: dict[str, Any] | None = None,
     train_state: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a checkpoint atomically (temporary file + rename): a crash never leaves half a file."""
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    """Write a checkpoint atomically (temporary file + rename): a crash never leaves half a file.
+    A frozen-backbone model on pretrained weights is saved adapter-only (see the module docstring)."""
+    state = model.state_dict()
     metadata = {
         "format": FORMAT,
         "config": yaml.safe_dump(to_dict(config), sort_keys=False),
@@ -67,6 +95,13 @@ def save_checkpoint(
         "global_step": str(global_step),
         "metrics": json.dumps(metrics or {}),
     }
+    frozen = frozen_backbone_keys(model)
+    # From random weights the backbone could not be rebuilt from the config: saved whole.
+    if frozen and config.model.pretrained:
+        identity = backbone_identity(model, config)
+        metadata[BACKBONE] = json.dumps(asdict(identity))
+        state = {key: value for key, value in state.items() if key not in frozen}
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     if train_state is not None:
         state_tensors: dict[str, torch.Tensor] = {}
         metadata[TRAIN_STATE] = json.dumps(flatten(train_state, TRAIN_STATE, state_tensors))
@@ -130,12 +165,43 @@ def load_checkpoint(path: str | os.PathLike, *, with_train_state: bool = False) 
         metrics=json.loads(metadata.get("metrics", "{}")),
         model_state=model_state,
         train_state=train_state,
+        backbone=_backbone_identity(metadata),
     )
 
 
-def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Strict load with an error that lists what does not fit, instead of torch's wall of text."""
+def read_backbone_identity(path: str | os.PathLike) -> BackboneIdentity | None:
+    """The backbone identity of an adapter-only checkpoint (None for a full one), from its metadata
+    alone: whether rebuilding its model needs the pretrained weights."""
+    return _backbone_identity(read_metadata(path))
+
+
+def _backbone_identity(metadata: dict[str, str]) -> BackboneIdentity | None:
+    return BackboneIdentity(**json.loads(metadata[BACKBONE])) if BACKBONE in metadata else None
+
+
+def load_model_state(
+    model: nn.Module, state: dict[str, torch.Tensor], source: str, backbone: BackboneIdentity | None = None
+) -> None:
+    """Strict load with an error that lists what does not fit, instead of torch's wall of text.
+    `backbone`: the identity of an adapter-only checkpoint (`Checkpoint.backbone`); the model's frozen
+    backbone must have that hash, and `state` then holds everything else."""
     own = model.state_dict()
+    if backbone is not None:
+        frozen = frozen_backbone_keys(model)
+        if not frozen:
+            raise CheckpointError(
+                f"{source} holds only the trainable weights of a frozen-backbone method, but the model "
+                f"({type(model).__name__}) has no frozen backbone"
+            )
+        digest = backbone_hash(model)
+        if digest != backbone.sha256:
+            raise CheckpointError(
+                f"{source} was trained on the backbone {backbone.describe()} with SHA-256 "
+                f"{backbone.sha256[:16]}..., but the backbone built here has {digest[:16]}...: different "
+                "weights. Point model.weights at the weights it was trained on (the checkpoint stores only "
+                "the trainable weights)"
+            )
+        own = {key: value for key, value in own.items() if key not in frozen}
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     mismatched = sorted(f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
@@ -146,8 +212,11 @@ def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: s
             if items:
                 shown = ", ".join(items[:8]) + (f", ... ({len(items)} in all)" if len(items) > 8 else "")
                 parts.append(f"{title}: {shown}")
+        if backbone is None and missing and set(missing) <= frozen_backbone_keys(model):
+            parts.append("it lacks just the frozen backbone: an adapter-only checkpoint, whose state loads "
+                         "with backbone=checkpoint.backbone (restore_model does this)")
         raise CheckpointError(f"{source} does not fit the model ({'; '.join(parts)})")
-    model.load_state_dict(state)
+    model.load_state_dict(state, strict=backbone is None)
 
 
 def restore_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, Checkpoint]:
@@ -156,9 +225,56 @@ def restore_model(path: str | os.PathLike, device: str | torch.device = "cpu") -
 
     checkpoint = load_checkpoint(path)
     config = checkpoint.config
-    model = build_model(config.model, len(checkpoint.class_names), config.data.image_size, pretrained=False)
-    load_model_state(model, checkpoint.model_state, str(checkpoint.path))
+    # An adapter-only checkpoint needs its pretrained backbone, loaded the usual way (model.weights).
+    adapter_only = checkpoint.backbone is not None
+    model = build_model(config.model, len(checkpoint.class_names), config.data.image_size, pretrained=adapter_only)
+    load_model_state(model, checkpoint.model_state, str(checkpoint.path), checkpoint.backbone)
     return model.to(device).eval(), checkpoint
+
+
+def frozen_backbone_keys(model: nn.Module) -> set[str]:
+    """State-dict keys of the frozen backbone tensors of a frozen-backbone method: the parameters
+    that do not train, and the buffers, of the modules `freeze_backbone` tagged. Modules inserted later
+    (adapters, LoRA layers, even inside a block) and trainable backbone parameters (CLS token...) are
+    not among them. Empty for other models."""
+    if not isinstance(model, FrozenBackboneModel):
+        return set()
+    keys = set()
+    for module_name, module in model.named_modules():
+        if not hasattr(module, _FROZEN_TAG):
+            continue
+        prefix = f"{module_name}." if module_name else ""
+        keys.update(prefix + name for name, p in module.named_parameters(recurse=False) if not p.requires_grad)
+        keys.update(prefix + name for name, _ in module.named_buffers(recurse=False))
+    return keys & model.state_dict().keys()
+
+
+def backbone_hash(model: nn.Module) -> str:
+    """SHA-256 of the frozen backbone tensors: names (relative to the backbone, without the
+    `.base_layer` that peft's LoRA inserts, so every method on one backbone gets the same hash), dtypes,
+    shapes and bytes, in sorted name order."""
+    backbone_prefix = _backbone_prefix(model)
+    state = model.state_dict()
+    digest = hashlib.sha256()
+    named = {re.sub(r"\.base_layer(?=\.)", "", key).removeprefix(backbone_prefix): key
+             for key in frozen_backbone_keys(model)}
+    for name in sorted(named):
+        tensor = state[named[name]].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def backbone_identity(model: nn.Module, config: Config) -> BackboneIdentity:
+    return BackboneIdentity(model=config.model.backbone, weights=config.model.weights,
+                            sha256=backbone_hash(model), tensors=len(frozen_backbone_keys(model)))
+
+
+def _backbone_prefix(model: nn.Module) -> str:
+    for name, module in model.named_modules():
+        if isinstance(module, Backbone):
+            return f"{name}." if name else ""
+    return ""
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
@@ -178,7 +294,7 @@ def update_metadata(path: str | os.PathLike, entries: dict[str, str]) -> Path:
     metadata = read_metadata(path)
     if metadata.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an fgir checkpoint (metadata format={metadata.get('format')!r})")
-    protected = sorted(set(entries) & {"format", "config", "class_names", TRAIN_STATE})
+    protected = sorted(set(entries) & {"format", "config", "class_names", TRAIN_STATE, BACKBONE})
     if protected:
         raise ValueError(f"metadata entries {', '.join(protected)} are written by save_checkpoint only")
     with safe_open(str(path), framework="pt") as handle:
