@@ -20,6 +20,7 @@ from fgir.engine.checkpoint import (
     save_checkpoint,
 )
 from fgir.models.factory import build_model
+from fgir.models.peft.merge import save_merged_lora
 from fgir.models.weights import create_vit
 
 CLASSES = ["a", "b", "c"]
@@ -130,3 +131,16 @@ def test_full_checkpoints_for_random_backbones_and_other_methods(tmp_path, pretr
     vit = build_model(config.model, len(CLASSES), 32)
     path = save_checkpoint(tmp_path / "vit.safetensors", vit, config, CLASSES, epoch=1, global_step=1)
     assert load_checkpoint(path).backbone is None and not frozen_backbone_keys(vit)
+
+
+def test_adapter_only_lora_merges_into_a_full_vit_checkpoint(tmp_path, pretrained):
+    model, config = trained("lora", pretrained)
+    adapter = save_checkpoint(tmp_path / "lora.safetensors", model, config, CLASSES, epoch=1, global_step=5)
+    merged_path = save_merged_lora(adapter, tmp_path / "merged.safetensors")
+    merged = load_checkpoint(merged_path)
+    assert merged.backbone is None and merged.config.model.method == "vit"
+    pretrained.unlink()  # deployment needs neither the pretrained file nor peft's layers
+    restored, _ = restore_model(merged_path)
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(restored(images), model(images), rtol=0, atol=1e-5)
