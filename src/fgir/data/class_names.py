@@ -72,24 +72,42 @@ def folder_display_name(folder: str) -> str:
     return display_name(_FOLDER_NUMBER.sub("", folder, count=1))
 
 
-def parse_tag_list(text: str, where: str = "tag list") -> list[str]:
-    """A Python list literal of strings (`['1girl', "jack-o'-lantern"]`) -> the strings.
+# One quoted string as Python writes it (either quote, backslash escapes), and a list of them.
+_QUOTED = r"'[^'\\\n]*(?:\\.[^'\\\n]*)*'" + "|" + r'"[^"\\\n]*(?:\\.[^"\\\n]*)*"'
+_TAG_LIST = re.compile(rf"\[\s*(?:(?:{_QUOTED})\s*,\s*)*(?:(?:{_QUOTED})\s*)?\]")
+_TAG = re.compile(_QUOTED)
+_PLAIN_TAG = re.compile(r"'([^']*)'")  # single quotes, no escapes: the usual case, read in one C call
 
-    `ast.literal_eval` builds only literals (never calls or names), and anything but a flat list of
-    strings is refused; `where` (e.g. 'file:line: column') prefixes the error.
-    """
+
+def _tag_list(text: str) -> list[str] | None:
+    """The tags of a list literal, or None when `text` is not a list of quoted strings."""
     text = text.strip()
     if not text:
         return []
-    try:
-        value = ast.literal_eval(text)
-    except (ValueError, SyntaxError, MemoryError, RecursionError) as error:
-        shown = text if len(text) <= 60 else text[:57] + "..."
-        raise DatasetFileError(f"{where}: expected a list of quoted tags like ['a', 'b'], got '{shown}' ({type(error).__name__})") from None
-    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        kind = type(value).__name__ if not isinstance(value, list) else "list with non-string items"
-        raise DatasetFileError(f"{where}: expected a list of strings, got a {kind}")
-    return value
+    if not _TAG_LIST.fullmatch(text):
+        return None
+    if '"' not in text and "\\" not in text:
+        return _PLAIN_TAG.findall(text)
+    return [tag[1:-1] if "\\" not in tag else ast.literal_eval(tag) for tag in _TAG.findall(text)]
+
+
+def parse_tag_list(text: str, where: str = "tag list") -> list[str]:
+    """A Python list literal of strings (`['1girl', "jack-o'-lantern"]`) -> the strings.
+
+    Matched by a grammar of quoted strings only, so nothing is ever evaluated (`ast.literal_eval`
+    decodes the backslash escapes of one matched string literal). `where` (e.g. 'file:line: column')
+    prefixes the error.
+    """
+    tags = _tag_list(text)
+    if tags is None:
+        raise _not_a_tag_list(text, where)
+    return tags
+
+
+def _not_a_tag_list(text: str, where: str) -> DatasetFileError:
+    text = text.strip()
+    shown = text if len(text) <= 60 else text[:57] + "..."
+    return DatasetFileError(f"{where}: expected a list of quoted tags like ['a', 'b'], got '{shown}'")
 
 
 TAGS_COLUMNS = ("id", "dir", "class_id", "tags_cat0", "tags_cat3", "tags_cat4")
@@ -118,7 +136,10 @@ def read_tags_file(tags_path: str | os.PathLike, num_classes: int | None = None)
         line = reader.line_num
         if len(row) != len(columns):
             raise DatasetFileError(f"{path}:{line}: expected {len(columns)} fields like the header, got {len(row)}")
-        tags = [parse_tag_list(row[at[name]], f"{path}:{line}: column {name}") for name in TAGS_COLUMNS[3:]]
+        tags = [_tag_list(row[at[name]]) for name in TAGS_COLUMNS[3:]]
+        if None in tags:
+            name = TAGS_COLUMNS[3 + tags.index(None)]
+            raise _not_a_tag_list(row[at[name]], f"{path}:{line}: column {name}")
         out.append(ImageTags(row[at["id"]].strip(), _relative_path(path, line, row[at["dir"]].strip()),
                              _label(path, line, row[at["class_id"]].strip(), num_classes), *tags))
     return out
