@@ -18,7 +18,7 @@ from fgir.app.limits import ACCEPTED_FORMATS, MAX_PIXELS, MAX_UPLOAD_BYTES, Uplo
 from fgir.app.recognizer import TOP_K, Recognizer
 
 NO_IMAGE = "Choose, drop or paste a picture first."
-IMAGE_HEIGHT = 280  # pixels on the page; small model inputs (and crops) are scaled up to it
+IMAGE_HEIGHT = 280  # pixels: the height of each picture box on the page
 
 
 def build_app(recognizer: Recognizer) -> gr.Blocks:
