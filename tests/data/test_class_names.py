@@ -20,6 +20,7 @@ from fgir.data.readers import DatasetFileError, read_class_names
     ("artoria_pendragon_(lancer)_(fate)", CharacterName("artoria_pendragon_(lancer)_(fate)", "Artoria Pendragon (Lancer)", "Fate")),
     ("ryuuko_(kill_la_kill)", CharacterName("ryuuko_(kill_la_kill)", "Ryuuko", "Kill la Kill")),
     ("c.c.", CharacterName("c.c.", "C.C.", "")),
+    ("rem_(re:zero)", CharacterName("rem_(re:zero)", "Rem", "Re:Zero")),
     ("melon-chan", CharacterName("melon-chan", "Melon-chan", "")),
     ("émilie_de_rochefort_(ça)", CharacterName("émilie_de_rochefort_(ça)", "Émilie de Rochefort", "Ça")),
     ("the_boss", CharacterName("the_boss", "The Boss", "")),  # a particle is capitalised as the first word

@@ -18,9 +18,9 @@ from fgir.data.readers import DatasetFileError, _header, _label, _relative_path,
 # Kept lowercase inside a name (not as its first word): name particles and short function words.
 LOWERCASE_WORDS = frozenset({"von", "van", "der", "den", "de", "di", "da", "du", "la", "le", "of", "the", "and", "no"})
 _QUALIFIER = re.compile(r"^(?P<name>.*\S)\s*\((?P<series>[^()]+)\)$")
-# Letters capitalised: at a word start and after '.', '/' or '(' ("c.c." -> "C.C.", "fate/stay night"
-# -> "Fate/Stay Night", "(lancer)" -> "(Lancer)"); not after '-', so an honorific stays lowercase ("melon-chan" -> "Melon-chan").
-_WORD_START = re.compile(r"(^|[./(])([^\W\d_])")
+# Letters capitalised: at a word start and after '.', '/', ':' or '(' ("c.c." -> "C.C.", "fate/stay night"
+# -> "Fate/Stay Night", "re:zero" -> "Re:Zero", "(lancer)" -> "(Lancer)"); not after '-', so an honorific stays lowercase ("melon-chan" -> "Melon-chan").
+_WORD_START = re.compile(r"(^|[./:(])([^\W\d_])")
 
 
 class CharacterName(NamedTuple):
