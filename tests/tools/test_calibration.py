@@ -11,9 +11,11 @@ from test_eval_report import tiny_config as report_config
 
 from fgir.config import Config, ConfigError
 from fgir.data import build_transform, read_image
+from fgir.engine import metrics
 from fgir.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, update_metadata
 from fgir.engine.metrics import expected_calibration_error, negative_log_likelihood, reliability_bins
 from fgir.models.factory import build_model
+from fgir.tools import calibration
 from fgir.tools.calibration import (
     CALIBRATION_KEY,
     MIN_TEMPERATURE,
@@ -61,11 +63,25 @@ def test_ece_equals_a_loop_over_bins():
         ece_by_loop((logits.double() / 2).softmax(dim=1), labels, 15), abs=1e-12)
 
 
+def test_row_chunks_change_nothing(monkeypatch):
+    logits, labels = calibrated_sample(n=1000, classes=6, seed=5)
+    logits = 2 * logits
+    whole = (negative_log_likelihood(logits, labels, 1.5), expected_calibration_error(logits, labels, 15, 1.5),
+             fit_temperature(logits, labels))
+    assert whole[0] == pytest.approx(torch.nn.functional.cross_entropy(logits.double() / 1.5, labels).item())
+    monkeypatch.setattr(metrics, "CHUNK_ROWS", 7)
+    monkeypatch.setattr(calibration, "CHUNK_ROWS", 7)
+    chunked = (negative_log_likelihood(logits, labels, 1.5), expected_calibration_error(logits, labels, 15, 1.5),
+               fit_temperature(logits, labels))
+    assert chunked == pytest.approx(whole, rel=1e-12)
+
+
 def test_reliability_bins_on_hand_made_confidences():
     # Confidences 0.5 (bin (0.25, 0.5]), 0.9 twice (bin (0.75, 1]), 1.0 (bin (0.75, 1]) with 4 bins.
     probabilities = torch.tensor([[0.5, 0.5, 0.0], [0.9, 0.1, 0.0], [0.05, 0.9, 0.05], [0.0, 0.0, 1.0]])
     labels = torch.tensor([0, 0, 2, 2])  # right, right, wrong, right
-    bins = reliability_bins(probabilities, labels, n_bins=4)
+    confidence, prediction = probabilities.max(dim=1)
+    bins = reliability_bins(confidence, prediction == labels, n_bins=4)
     assert bins.counts.tolist() == [0, 1, 0, 3]
     assert bins.accuracy[[1, 3]].tolist() == pytest.approx([1.0, 2 / 3])
     assert bins.confidence[[1, 3]].tolist() == pytest.approx([0.5, (0.9 + 0.9 + 1.0) / 3])

@@ -18,7 +18,7 @@ import torch
 
 from fgir.config import DataConfig
 from fgir.engine.checkpoint import CheckpointError, read_metadata, update_metadata
-from fgir.engine.metrics import expected_calibration_error, negative_log_likelihood
+from fgir.engine.metrics import CHUNK_ROWS, expected_calibration_error, negative_log_likelihood
 from fgir.errors import FgirError
 from fgir.tools.scoring import score_split
 
@@ -27,7 +27,6 @@ ECE_BINS = 15
 # A fit reaching these bounds is degenerate: the split is separated perfectly (the NLL keeps falling
 # as T -> 0, e.g. training images) or the model is worse than chance (T -> infinity).
 MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 100.0
-CHUNK_ROWS = 4096  # rows of float64 softmax at a time: 4096 x 3,263 classes is about 100 MB
 
 
 class CalibrationError(FgirError, ValueError):
@@ -81,7 +80,7 @@ def calibration_summary(logits: torch.Tensor, labels: torch.Tensor, temperature:
     """NLL and ECE (in %, 15 bins) before (T = 1) and after dividing the logits by `temperature`."""
     return {
         "nll_before": negative_log_likelihood(logits, labels),
-        "nll_after": negative_log_likelihood(logits.double() / temperature, labels),
+        "nll_after": negative_log_likelihood(logits, labels, temperature),
         "ece_before": 100 * expected_calibration_error(logits, labels, ECE_BINS),
         "ece_after": 100 * expected_calibration_error(logits, labels, ECE_BINS, temperature),
     }

@@ -23,9 +23,9 @@ from fgir.engine.longtail import binned_accuracy, class_frequencies, long_tail_m
 from fgir.engine.metrics import (
     classification_metrics,
     confusion_matrix,
+    logit_reliability,
     negative_log_likelihood,
     per_class_accuracy,
-    reliability_bins,
 )
 from fgir.errors import FgirError
 from fgir.fileio import atomic_write_csv, atomic_write_text
@@ -125,15 +125,15 @@ def calibration_metrics(logits: torch.Tensor, labels: torch.Tensor, checkpoint: 
     """NLL and ECE (%) of the raw softmax and, when the checkpoint holds a fitted temperature, of the
     softmax of logits / T; a reliability diagram of both."""
     calibration = read_calibration(checkpoint)
-    raw = reliability_bins(logits.double().softmax(dim=1), labels, ECE_BINS)
+    raw = logit_reliability(logits, labels, ECE_BINS)
     metrics: dict[str, Any] = {"nll": negative_log_likelihood(logits, labels), "ece": 100 * raw.ece,
                                "temperature": None}
     panels = [("softmax", raw)]
     if calibration is not None:
         temperature = float(calibration["temperature"])
-        scaled = reliability_bins((logits.double() / temperature).softmax(dim=1), labels, ECE_BINS)
+        scaled = logit_reliability(logits, labels, ECE_BINS, temperature)
         metrics.update(temperature=temperature, temperature_split=calibration.get("split"),
-                       nll_calibrated=negative_log_likelihood(logits.double() / temperature, labels),
+                       nll_calibrated=negative_log_likelihood(logits, labels, temperature),
                        ece_calibrated=100 * scaled.ece)
         panels.append((f"softmax(logits / {temperature:.3g})", scaled))
     reliability_diagram(panels, plot, title=title)
