@@ -64,6 +64,7 @@ def child_env() -> dict[str, str]:
 class KillReport:
     kills: int = 0  # SIGKILLs that hit a running training process
     half_written: int = 0  # kills that left a temporary file behind (killed mid-write)
+    progressed: int = 0  # kills after which the last checkpoint was further on than after the previous one
     attempts: int = 0
     identical_weights: bool = False
     identical_metrics: bool = False
@@ -74,16 +75,17 @@ class KillReport:
         return self.identical_weights and self.identical_metrics
 
 
-def check_loadable(run_dir: Path) -> None:
-    """What a resumed run or a user would read must be whole; raises otherwise."""
+def check_loadable(run_dir: Path) -> int:
+    """What a resumed run or a user would read must be whole (raises otherwise); returns the step of
+    the `last` checkpoint (-1 without one)."""
     last, best = run_dir / "checkpoints" / "last.safetensors", run_dir / "checkpoints" / "best.safetensors"
-    if last.is_file():
-        load_checkpoint(last, with_train_state=True)
+    step = load_checkpoint(last, with_train_state=True).global_step if last.is_file() else -1
     if best.is_file():
         load_checkpoint(best)
     for name in ("metrics.json", "test_metrics.json", "skipped_images.json"):
         if (run_dir / name).is_file():
             json.loads((run_dir / name).read_text())
+    return step
 
 
 def stripped_rows(run_dir: Path) -> list[dict]:
@@ -100,12 +102,23 @@ def same_result(a: Path, b: Path) -> tuple[bool, bool]:
     return weights, stripped_rows(a) == stripped_rows(b) and test[0] == test[1]
 
 
-def run_to_end(command: list[str], timeout: float) -> float:
+def timed_reference_run(command: list[str], run_dir: Path, timeout: float) -> tuple[float, float]:
+    """Run to the end; returns (seconds until the run directory got its config.yaml, i.e. start-up,
+    total seconds)."""
     start = time.perf_counter()
-    done = subprocess.run(command, env=child_env(), capture_output=True, text=True, timeout=timeout)
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    return time.perf_counter() - start
+    process = subprocess.Popen(command, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    startup = None
+    while process.poll() is None:
+        if startup is None and (run_dir / "config.yaml").is_file():
+            startup = time.perf_counter() - start
+        if time.perf_counter() - start > timeout:
+            process.kill()
+            raise RuntimeError(f"{' '.join(command)} took more than {timeout} s")
+        time.sleep(0.01)
+    total = time.perf_counter() - start
+    if process.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed ({process.returncode}):\n{process.stderr.read()[-3000:]}")
+    return (startup if startup is not None else total), total
 
 
 def kill_and_resume(root: Path, kills: int, epochs: int = 3, seed: int = 0, max_attempts: int | None = None,
@@ -114,12 +127,13 @@ def kill_and_resume(root: Path, kills: int, epochs: int = 3, seed: int = 0, max_
     (at least `kills` of them, if the run lasts long enough); compare the two."""
     rng = random.Random(seed)
     overrides = tiny_run_overrides(root, epochs)
-    startup = run_to_end([sys.executable, "-c", "import fgir.engine.trainer"], timeout=300)
-    reference_s = run_to_end(train_command([*overrides, "train.run_name=reference"]), timeout=1800)
-    work_s = max(reference_s - startup, 1.0)
+    startup, reference_s = timed_reference_run(train_command([*overrides, "train.run_name=reference"]),
+                                               root / "runs" / "reference", timeout=1800)
+    work_s = max(reference_s - startup, 0.5)
     log(f"uninterrupted run: {reference_s:.1f} s (about {startup:.1f} s of it start-up)")
     run_dir = root / "runs" / "killed"
     report = KillReport()
+    step = -1
     max_attempts = max_attempts or 4 * kills + 20
     while report.attempts < max_attempts:
         report.attempts += 1
@@ -127,8 +141,9 @@ def kill_and_resume(root: Path, kills: int, epochs: int = 3, seed: int = 0, max_
         extra = [f"train.resume={run_dir}"] if resuming else ["train.run_name=killed"]
         process = subprocess.Popen(train_command([*overrides, *extra]), env=child_env(),
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        # Enough kills before the end: each attempt gets on average about 1/kills of the work.
-        delay = startup + rng.uniform(0, 2 * work_s / kills) if report.kills < kills else None
+        # Each attempt gets on average half of 1/kills of the work (a checkpoint after every step keeps
+        # it), so the run lasts about 2 * kills attempts; after `kills` kills it may finish.
+        delay = startup + rng.uniform(0, work_s / kills) if report.kills < kills else None
         try:
             process.wait(timeout=delay)
         except subprocess.TimeoutExpired:
@@ -137,7 +152,8 @@ def kill_and_resume(root: Path, kills: int, epochs: int = 3, seed: int = 0, max_
             report.kills += 1
             tmp_left = list(run_dir.glob(".*.tmp")) + list((run_dir / "checkpoints").glob(".*.tmp"))
             report.half_written += bool(tmp_left)
-            check_loadable(run_dir)
+            previous, step = step, check_loadable(run_dir)
+            report.progressed += step > previous
             continue
         stderr = process.stderr.read() if process.stderr else ""
         if process.returncode != 0:
@@ -160,7 +176,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.workdir or tmp)
         report = kill_and_resume(root, args.kills, args.epochs, args.seed)
-    print(f"kills survived: {report.kills} ({report.half_written} of them mid-write, {report.attempts} starts); "
+    print(f"kills survived: {report.kills} ({report.progressed} after progress, {report.half_written} mid-write, "
+          f"{report.attempts} starts); "
           f"final weights identical: {report.identical_weights}; metrics identical: {report.identical_metrics}")
     return 0 if report.passed and report.kills >= args.kills else 1
 

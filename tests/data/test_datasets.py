@@ -162,7 +162,7 @@ def test_with_on_error_skip_unreadable_images_leave_the_batch_and_are_named(csv_
     (csv_root / "train.csv").write_text("class_id,dir\n0,a/1.png\n1,b/3.png\n2,c/4.png\n0,a/gone.png\n")
     transform = build_transform(DataConfig(image_size=8, resize_ratio=1.0), train=False)
     dataset = build_dataset(config(csv_root, on_error="skip"), "train", transform)
-    loader = build_loader(dataset, batch_size=4, train=False, seed=0, num_workers=workers, collate_fn=collate_readable)
+    loader = build_loader(dataset, batch_size=4, train=False, seed=0, num_workers=workers)  # collate_readable
     (batch,) = list(loader)
     assert isinstance(batch, Batch) and batch.kept.tolist() == [True, False, True, False]
     assert batch.labels.tolist() == [0, 2] and batch.images.shape == (2, 3, 8, 8)

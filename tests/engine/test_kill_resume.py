@@ -5,6 +5,7 @@ import importlib.util
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -18,6 +19,7 @@ SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "kill_resume.py"
 def kill_resume_module():
     spec = importlib.util.spec_from_file_location("kill_resume", SCRIPT)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 

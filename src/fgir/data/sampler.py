@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from fgir.data.datasets import collate_readable
+
 # Starting worker processes costs more than it saves for tiny datasets (tests, smoke runs).
 MIN_SAMPLES_FOR_WORKERS = 64
 MAX_AUTO_WORKERS = 8
@@ -133,8 +135,11 @@ def build_loader(
     epoch. num_workers=-1 picks `auto_num_workers`; workers persist across epochs. With several
     ranks every rank gets ceil(n / world_size) samples (padded by wrapping, see EpochSampler), or
     floor(n / world_size) with drop_last: then W ranks at batch B / W train on exactly the batches
-    one process at batch B would. `collate_fn` replaces the default (e.g. to drop unreadable images)."""
+    one process at batch B would. A dataset that skips unreadable images (on_error="skip") is
+    collated by `collate_readable` unless `collate_fn` says otherwise."""
     drop_last = train if drop_last is None else drop_last
+    if collate_fn is None and getattr(dataset, "on_error", "fail") == "skip":
+        collate_fn = collate_readable
     sampler = EpochSampler(len(dataset), seed=seed, shuffle=train, rank=rank, world_size=world_size,
                            drop_last=drop_last)
     workers = auto_num_workers(len(dataset)) if num_workers < 0 else num_workers

@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from fgir.config import Config, ConfigError, save_config, to_dict
 from fgir.data import build_batch_mix, build_dataset, build_loader, build_transform, dataset_info
-from fgir.data.datasets import Batch, collate_readable
+from fgir.data.datasets import Batch
 from fgir.engine.checkpoint import CheckpointError, load_checkpoint, load_model_state, save_checkpoint
 from fgir.engine.device import autocast, resolve_device, resolve_precision
 from fgir.engine.distributed import (
@@ -182,11 +182,7 @@ def eval_loader(config: Config, split: str, device: torch.device, ddp: Distribut
     dataset = build_dataset(config.data, split, build_transform(config.data, train=False))
     return build_loader(dataset, batch_size=config.data.eval_batch_size, train=False, seed=config.train.seed,
                         num_workers=config.data.num_workers, pin_memory=device.type == "cuda",
-                        rank=ddp.rank, world_size=ddp.world_size, collate_fn=_collate(config))
-
-
-def _collate(config: Config):
-    return collate_readable if config.data.on_error == "skip" else None
+                        rank=ddp.rank, world_size=ddp.world_size)
 
 
 def make_run_dir(config: Config) -> Path:
@@ -276,8 +272,7 @@ def _train(config: Config, progress: bool, stop_after_epochs: int | None, device
     train_set = build_dataset(config.data, "train", build_transform(config.data, train=True))
     train_loader = build_loader(train_set, batch_size=per_process_batch(config.data.batch_size, ddp), train=True,
                                 seed=config.train.seed, num_workers=config.data.num_workers,
-                                pin_memory=device.type == "cuda", rank=ddp.rank, world_size=ddp.world_size,
-                                collate_fn=_collate(config))
+                                pin_memory=device.type == "cuda", rank=ddp.rank, world_size=ddp.world_size)
     val_loader = eval_loader(config, "val", device, ddp) if config.data.val else None
     batch_mix = build_batch_mix(config.data, num_classes)
 
