@@ -24,7 +24,7 @@ from fgir.errors import FgirError
 from fgir.models.backbone import Backbone
 from fgir.models.glsim import GLSim
 from fgir.tools.attention import last_layer_cls_attention
-from fgir.tools.explain import _heat
+from fgir.tools.explain import heat_map
 from fgir.tools.predictor import Predictor
 
 TOP_K = 5
@@ -67,8 +67,8 @@ class Recognizer:
         top = {score.class_name: score.probability for score in prediction.topk}
         batch = self.predictor.transform(image).unsqueeze(0)
         shown = (batch[0] * self.std + self.mean).clamp(0, 1).permute(1, 2, 0).numpy()
-        heat_map, crop = self._where_it_looked(batch.to(self.predictor.device), shown)
-        return Answer(top, prediction.unknown, heat_map, crop)
+        picture, crop = self._where_it_looked(batch.to(self.predictor.device), shown)
+        return Answer(top, prediction.unknown, picture, crop)
 
     def _where_it_looked(self, batch: torch.Tensor, shown: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
         model, size = self.predictor.model, batch.shape[-2:]
@@ -78,9 +78,9 @@ class Recognizer:
                 details = model.forward_details(batch)
             x0, y0, x1, y1 = (int(v) for v in details.boxes[0].tolist())
             scores = details.scores[0].reshape(backbone.grid_for(*size))
-            return overlay(shown, _heat(scores, size)), to_uint8(shown[y0:y1, x0:x1])
+            return overlay(shown, heat_map(scores, size)), to_uint8(shown[y0:y1, x0:x1])
         if isinstance(backbone, Backbone):
-            return overlay(shown, _heat(last_layer_cls_attention(backbone, batch)[0], size)), None
+            return overlay(shown, heat_map(last_layer_cls_attention(backbone, batch)[0], size)), None
         return None, None  # e.g. a CNN baseline: no map to show
 
 

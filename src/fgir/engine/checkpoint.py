@@ -35,7 +35,7 @@ from fgir.engine.state_io import flatten, unflatten
 from fgir.errors import FgirError
 from fgir.fileio import atomic_path
 from fgir.models.backbone import Backbone
-from fgir.models.peft.freezing import _FROZEN_TAG, FrozenBackboneModel
+from fgir.models.peft.freezing import FrozenBackboneModel, frozen_by_freeze_backbone
 
 FORMAT = "fgir-checkpoint/1"
 TRAIN_STATE = "train_state"
@@ -241,7 +241,7 @@ def frozen_backbone_keys(model: nn.Module) -> set[str]:
         return set()
     keys = set()
     for module_name, module in model.named_modules():
-        if not hasattr(module, _FROZEN_TAG):
+        if not frozen_by_freeze_backbone(module):
             continue
         prefix = f"{module_name}." if module_name else ""
         keys.update(prefix + name for name, p in module.named_parameters(recurse=False) if not p.requires_grad)

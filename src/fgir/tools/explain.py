@@ -66,20 +66,20 @@ def explanation_panels(model: nn.Module, backbone: Backbone, batch: torch.Tensor
         gls = output.scores[0].reshape(backbone.grid_for(*size))
         panels += [
             ("input", shown, None, None),
-            ("GLS similarity", shown, _heat(gls, size), None),
+            ("GLS similarity", shown, heat_map(gls, size), None),
             (f"selected box (top {model.config.top_o} patches)", shown, None, (x0, y0, x1, y1)),
             ("crop", shown[y0:y1, x0:x1], None, None),
         ]
     else:
         panels.append(("input", shown, None, None))
     panels += [
-        ("last-layer attention", shown, _heat(last_layer_cls_attention(backbone, batch)[0], size), None),
-        ("attention rollout", shown, _heat(attention_rollout(backbone, batch)[0], size), None),
+        ("last-layer attention", shown, heat_map(last_layer_cls_attention(backbone, batch)[0], size), None),
+        ("attention rollout", shown, heat_map(attention_rollout(backbone, batch)[0], size), None),
     ]
     return panels
 
 
-def _heat(grid_map: torch.Tensor, size: torch.Size) -> np.ndarray:
+def heat_map(grid_map: torch.Tensor, size: torch.Size) -> np.ndarray:
     """A patch-grid map upsampled to the image and scaled to [0, 1] (the colours show ranks of
     patches within the image, not absolute values, which differ in kind between the maps)."""
     upsampled = F.interpolate(grid_map[None, None].float().cpu(), size=tuple(size), mode="bilinear")[0, 0]

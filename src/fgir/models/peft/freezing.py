@@ -36,6 +36,12 @@ def freeze_backbone(backbone: Backbone, peft: PeftConfig) -> None:
         setattr(module, _FROZEN_TAG, peft.frozen_eval)
 
 
+def frozen_by_freeze_backbone(module: nn.Module) -> bool:
+    """Whether `module` belonged to a backbone when `freeze_backbone` froze it (modules inserted
+    afterwards, such as adapters and LoRA layers, did not)."""
+    return hasattr(module, _FROZEN_TAG)
+
+
 class FrozenBackboneModel(nn.Module):
     """Base of frozen-backbone methods: `train(True)` leaves the tagged (frozen) modules in
     evaluation mode, one by one and not recursively, so a trainable module inserted inside a frozen
