@@ -13,7 +13,12 @@ from fgir.config import Config, ConfigError
 from fgir.data import build_transform, read_image
 from fgir.engine import metrics
 from fgir.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, update_metadata
-from fgir.engine.metrics import expected_calibration_error, negative_log_likelihood, reliability_bins
+from fgir.engine.metrics import (
+    answered_at,
+    expected_calibration_error,
+    negative_log_likelihood,
+    reliability_bins,
+)
 from fgir.models.factory import build_model
 from fgir.tools import calibration
 from fgir.tools.calibration import (
@@ -87,6 +92,16 @@ def test_reliability_bins_on_hand_made_confidences():
     assert bins.confidence[[1, 3]].tolist() == pytest.approx([0.5, (0.9 + 0.9 + 1.0) / 3])
     assert bins.accuracy[[0, 2]].isnan().all() and bins.confidence[[0, 2]].isnan().all()
     assert bins.ece == pytest.approx(1 / 4 * 0.5 + 3 / 4 * abs(2 / 3 - 2.8 / 3))
+
+
+def test_answered_at_a_threshold():
+    confidence = torch.tensor([0.2, 0.5, 0.5, 0.9, 0.95])
+    correct = torch.tensor([True, False, True, True, False])
+    assert answered_at(confidence, correct, 0.5) == {"threshold": 0.5, "answered": 80.0,
+                                                     "accuracy_answered": pytest.approx(50.0)}
+    assert answered_at(confidence, correct, 0.9)["accuracy_answered"] == pytest.approx(50.0)
+    assert answered_at(confidence, correct, 0.0)["answered"] == 100.0
+    assert answered_at(confidence, correct, 0.99) == {"threshold": 0.99, "answered": 0.0, "accuracy_answered": None}
 
 
 def test_temperature_recovers_a_known_scaling_and_lowers_ece_and_nll():
@@ -232,6 +247,14 @@ def test_eval_reports_ece_before_and_after_the_stored_temperature(overconfident,
         100 * expected_calibration_error(logits, labels, temperature=temperature), rel=1e-4)
     assert report["nll_calibrated"] == pytest.approx(negative_log_likelihood(logits / temperature, labels), rel=1e-4)
     assert report["nll_calibrated"] < report["nll"]  # the val temperature carries over to the test split
+    # The unknown-answer rates use the calibrated probabilities, as `predict` does.
+    top = (logits / temperature).softmax(dim=1).max(dim=1)
+    for rule in report["unknown_below"]:
+        answered = top.values >= rule["threshold"]
+        assert rule["answered"] == pytest.approx(100 * answered.double().mean().item())
+        if answered.any():
+            right = top.indices[answered] == labels[answered]
+            assert rule["accuracy_answered"] == pytest.approx(100 * right.double().mean().item())
     with Image.open(tmp_path / "calibrated" / "reliability.png") as image:
         assert image.format == "PNG" and image.size[0] > image.size[1]  # two panels side by side
 

@@ -101,6 +101,14 @@ def test_ece_of_an_uncalibrated_checkpoint_from_the_written_predictions(run):
               for b in range(15) if (bins == b).any()) / len(rows)
     assert report["ece"] == pytest.approx(100 * ece, abs=1e-3)  # the CSV keeps 6 decimals
     assert report["nll"] > 0 and report["temperature"] is None
+    # What `predict --unknown-below t` would do on this split, from the same columns.
+    assert [a["threshold"] for a in report["unknown_below"]] == [0.3, 0.5, 0.7, 0.9]
+    for rule in report["unknown_below"]:
+        answered = confidence >= rule["threshold"]
+        assert rule["answered"] == pytest.approx(100 * answered.mean())
+        expected = 100 * right[answered].mean() if answered.any() else None
+        assert rule["accuracy_answered"] == pytest.approx(expected)
+    assert len({a["answered"] for a in report["unknown_below"]}) > 1  # the thresholds matter here
     assert "ece_calibrated" not in report and "nll_calibrated" not in report
     with Image.open(tmp_path / "out" / "reliability.png") as image:
         assert image.format == "PNG" and image.size[1] > 100

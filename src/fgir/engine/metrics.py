@@ -109,3 +109,15 @@ def expected_calibration_error(logits: torch.Tensor, labels: torch.Tensor, n_bin
                                temperature: float = 1.0) -> float:
     """ECE (a fraction, not %) of softmax(logits / temperature) with `n_bins` equal-width bins."""
     return logit_reliability(logits, labels, n_bins, temperature).ece
+
+
+def answered_at(confidence: torch.Tensor, correct: torch.Tensor, threshold: float) -> dict[str, float | None]:
+    """What an "unknown below `threshold`" rule does: % of samples answered (confidence >= threshold)
+    and % of those answered correctly (None when nothing is answered)."""
+    answered = confidence >= threshold
+    count = int(answered.sum())
+    return {
+        "threshold": threshold,
+        "answered": 100 * count / len(confidence),
+        "accuracy_answered": 100 * correct[answered].double().mean().item() if count else None,
+    }

@@ -21,11 +21,13 @@ from fgir.config import DataConfig
 from fgir.data import DatasetFileError, build_dataset
 from fgir.engine.longtail import binned_accuracy, class_frequencies, long_tail_metrics
 from fgir.engine.metrics import (
+    answered_at,
     classification_metrics,
     confusion_matrix,
     logit_reliability,
     negative_log_likelihood,
     per_class_accuracy,
+    top_confidence,
 )
 from fgir.errors import FgirError
 from fgir.fileio import atomic_write_csv, atomic_write_text
@@ -35,6 +37,8 @@ from fgir.tools.scoring import score_split
 
 # A heat map with more classes than this has unreadable axes and takes minutes to render.
 MAX_PLOT_CLASSES = 200
+# Thresholds of `fgir predict --unknown-below` the report shows the effect of.
+UNKNOWN_THRESHOLDS = (0.3, 0.5, 0.7, 0.9)
 
 
 def default_report_dir(checkpoint: Path, split: str) -> Path:
@@ -123,20 +127,24 @@ def training_counts(data: DataConfig, num_classes: int) -> tuple[torch.Tensor | 
 def calibration_metrics(logits: torch.Tensor, labels: torch.Tensor, checkpoint: Path, plot: Path,
                         title: str) -> dict[str, Any]:
     """NLL and ECE (%) of the raw softmax and, when the checkpoint holds a fitted temperature, of the
-    softmax of logits / T; a reliability diagram of both."""
+    softmax of logits / T; a reliability diagram of both; and, with the probabilities `predict` uses
+    (after T), how many images each "unknown below" threshold answers and how well."""
     calibration = read_calibration(checkpoint)
+    temperature = 1.0 if calibration is None else float(calibration["temperature"])
     raw = logit_reliability(logits, labels, ECE_BINS)
     metrics: dict[str, Any] = {"nll": negative_log_likelihood(logits, labels), "ece": 100 * raw.ece,
                                "temperature": None}
     panels = [("softmax", raw)]
     if calibration is not None:
-        temperature = float(calibration["temperature"])
         scaled = logit_reliability(logits, labels, ECE_BINS, temperature)
         metrics.update(temperature=temperature, temperature_split=calibration.get("split"),
                        nll_calibrated=negative_log_likelihood(logits, labels, temperature),
                        ece_calibrated=100 * scaled.ece)
         panels.append((f"softmax(logits / {temperature:.3g})", scaled))
     reliability_diagram(panels, plot, title=title)
+    confidence, prediction = top_confidence(logits, temperature)
+    metrics["unknown_below"] = [answered_at(confidence, prediction == labels, threshold)
+                                for threshold in UNKNOWN_THRESHOLDS]
     return metrics
 
 
