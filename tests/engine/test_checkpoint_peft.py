@@ -20,8 +20,8 @@ from fgir.engine.checkpoint import (
     save_checkpoint,
 )
 from fgir.models.factory import build_model
-from fgir.models.peft.merge import save_merged_lora
 from fgir.models.weights import create_vit
+from fgir.tools.merge_lora import save_merged_lora
 
 CLASSES = ["a", "b", "c"]
 METHOD_ARGS = {

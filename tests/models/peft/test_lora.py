@@ -16,7 +16,8 @@ from fgir.models.backbone import Backbone
 from fgir.models.classifier import ViTClassifier
 from fgir.models.factory import build_model
 from fgir.models.peft.lora import LoRAViT, build_lora
-from fgir.models.peft.merge import merge_lora, save_merged_lora
+from fgir.models.peft.merge import merge_lora
+from fgir.tools.merge_lora import save_merged_lora
 
 RANK, ALPHA = 4, 8.0
 

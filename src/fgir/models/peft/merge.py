@@ -1,17 +1,14 @@
 """Deployment of a LoRA model: the low-rank updates are linear, so they fold into the weights they
 adapt (W <- W + (alpha / r) B A) and the model becomes a plain `vit` classifier. Its checkpoint is an
-ordinary full fgir checkpoint (method `vit`), so evaluation, prediction and export need neither peft
-nor the pretrained weights."""
+ordinary full fgir checkpoint (method `vit`, see fgir.tools.merge_lora), so evaluation, prediction
+and export need neither peft nor the pretrained weights."""
 
 from __future__ import annotations
 
 import copy
-import os
-from pathlib import Path
 
 from torch import nn
 
-from fgir.engine.checkpoint import restore_model, save_checkpoint
 from fgir.errors import FgirError
 from fgir.models.classifier import ViTClassifier
 from fgir.models.peft.lora import LoRAViT
@@ -35,14 +32,3 @@ def merge_lora(model: nn.Module) -> ViTClassifier:
     classifier = ViTClassifier(backbone, merged.head.out_features)
     classifier.head = merged.head
     return classifier.train(model.training)
-
-
-def save_merged_lora(checkpoint: str | os.PathLike, output: str | os.PathLike) -> Path:
-    """Merge the LoRA checkpoint `checkpoint` (file or run directory) and save the result at `output`
-    as a full checkpoint of method `vit`, with the same class names, progress and metrics."""
-    model, source = restore_model(checkpoint)
-    merged = merge_lora(model)
-    config = copy.deepcopy(source.config)
-    config.model.method = "vit"
-    return save_checkpoint(output, merged, config, source.class_names, epoch=source.epoch,
-                           global_step=source.global_step, metrics=source.metrics)
