@@ -68,7 +68,14 @@ class DataConfig:
     # Train and test images are first resized to a square of round(resize_ratio * image_size)
     # (300 for 224, as in the GLSim recipe), then cropped.
     resize_ratio: float = 1.34
+    # JPEGs much larger than the resize size are decoded at a reduced scale (1/2, 1/4, 1/8) that stays
+    # at least that size: the same images for the model, far less decoding work.
+    fast_decode: bool = True
     augment: str = "weak"  # weak | medium | strong
+    color_jitter: float = 0.0  # brightness, contrast, saturation and hue jitter in training (Animesion: 0.1)
+    # Test images: crop = resize to the train resize size, then centre-crop image_size (GLSim);
+    # direct = resize straight to image_size (Animesion).
+    test_resize: str = "crop"
     mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
     std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
     random_erasing: float = 0.3  # medium and strong presets only
@@ -125,8 +132,8 @@ class PeftConfig:
     bottleneck: int = 8  # hidden width of bottleneck adapters, ConvPass and ILA modules
     dropout: float = 0.1  # dropout at the output of adapters and ILA modules
     ila_ds_layers: list[int] = field(default_factory=lambda: [3, 7])  # DS-ILA after these blocks (0-based)
-    # Same-resolution ILAs of ILA+ after these blocks; None: after every other block (1, 3, 5, ...),
-    # skipping blocks that already have a DS-ILA.
+    # Same-resolution ILAs of ILA+ after these blocks; None: after every block without a DS-ILA
+    # (10 for ViT-B/16 with [3, 7]: the spec's 174.6 K parameters).
     ila_layers: list[int] | None = None
     prompt_length: int = 100  # VPT prompt tokens (per layer for VPT-Deep)
     prompt_dropout: float = 0.0
@@ -182,6 +189,8 @@ class TrainConfig:
     log_every: int = 10  # steps between scalar logs
     max_bad_steps: int = 5  # optimizer steps in a row with a non-finite loss or gradient before giving up
     checkpoint_every_steps: int = 0  # a resumable mid-epoch `last` checkpoint every N optimizer steps; 0: off
+    compile: bool = False  # torch.compile the model (falls back to eager, with a warning, where it fails)
+    grad_checkpointing: bool = False  # recompute block activations in backward: less memory, ~30% more time
     tensorboard: bool = True
     wandb: bool = False
     wandb_project: str = "fgir"
@@ -197,6 +206,7 @@ class Config:
 CHOICES = {
     "data.format": ("csv", "labels", "folder", "synthetic"),
     "data.augment": ("weak", "medium", "strong"),
+    "data.test_resize": ("crop", "direct"),
     "data.on_error": ("fail", "skip"),
     "train.optimizer": ("sgd", "adamw"),
     "train.precision": ("auto", "fp32", "bf16", "fp16"),
@@ -374,6 +384,9 @@ def validate(config: Config) -> None:
             raise ConfigError(f"config key '{key}' must be in [0, 1), got {_value(config, key)}")
     if not 0 <= config.train.label_smoothing < 1:
         raise ConfigError(f"config key 'train.label_smoothing' must be in [0, 1), got {config.train.label_smoothing}")
+    if not 0 <= config.data.color_jitter <= 0.5:
+        raise ConfigError(f"config key 'data.color_jitter' must be in [0, 0.5] (hue jitter is at most 0.5), "
+                          f"got {config.data.color_jitter}")
     if config.data.resize_ratio < 1:
         raise ConfigError(f"config key 'data.resize_ratio' must be >= 1 (resize, then crop), got {config.data.resize_ratio}")
     long_tail = config.data.long_tail
@@ -402,8 +415,8 @@ __all__ = [
     "ConfigError",
     "DataConfig",
     "GLSimConfig",
-    "LongTailConfig",
     "IFAConfig",
+    "LongTailConfig",
     "ModelConfig",
     "SyntheticConfig",
     "TrainConfig",

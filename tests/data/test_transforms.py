@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision.transforms import v2
 
 from fgir.config import ConfigError, DataConfig
 from fgir.data.transforms import build_batch_mix, build_transform, resize_size
@@ -102,3 +103,28 @@ def test_strong_needs_some_mix():
     only_cutmix = build_batch_mix(data_config(augment="strong", mixup_alpha=0.0), 5)
     _, targets = only_cutmix(torch.rand(2, 3, 8, 8), torch.tensor([0, 1]))
     torch.testing.assert_close(targets.sum(1), torch.ones(2))
+
+
+def test_direct_test_resize_has_no_crop():
+    # Animesion evaluates on the whole image resized to S x S: a 4x4 image at image_size 4 is kept whole.
+    image = random_image(4, 4)
+    out = build_transform(data_config(test_resize="direct"), train=False)(image)
+    expected = (np.asarray(image) / 255 - MEAN) / STD
+    torch.testing.assert_close(out, torch.tensor(expected.transpose(2, 0, 1), dtype=torch.float32))
+
+
+def test_color_jitter_changes_colours_but_not_the_crop_window():
+    data = data_config(image_size=4, resize_ratio=1.0, mean=[0, 0, 0], std=[1, 1, 1])
+    image = random_image(4, 4)
+    plain = build_transform(data, train=True)
+    jittered = build_transform(dataclasses.replace(data, color_jitter=0.4), train=True)
+    assert not any(isinstance(step, v2.ColorJitter) for step in plain.transforms)
+    outputs = []
+    for seed in range(4):
+        torch.manual_seed(seed)
+        reference = plain(image)
+        torch.manual_seed(seed)
+        outputs.append(jittered(image))
+        assert outputs[-1].shape == reference.shape
+    full = torch.tensor(np.asarray(image).transpose(2, 0, 1) / 255, dtype=torch.float32)
+    assert all(not torch.allclose(out, full) and not torch.allclose(out, full.flip(-1)) for out in outputs)

@@ -1,9 +1,11 @@
 """Augmentation presets of the GLSim recipe (spec/glsim.md, "Training recipe").
 
 Train: square resize to round(resize_ratio * image_size) (aspect not kept, as in the reference),
-random crop, horizontal flip; `medium` adds TrivialAugmentWide and random erasing; `strong` adds a
-batch-level MixUp/CutMix whose soft targets the loss must use (the reference mixed the images but
-kept hard labels - a flaw not copied). Test: the same square resize, then a centre crop.
+random crop, horizontal flip, optional colour jitter (Animesion); `medium` adds TrivialAugmentWide
+and random erasing; `strong` adds a batch-level MixUp/CutMix whose soft targets the loss must use
+(the reference mixed the images but kept hard labels - a flaw not copied). Test: the same square
+resize, then a centre crop (`data.test_resize=crop`), or a resize straight to the image size
+(`direct`, as Animesion evaluates).
 Geometric and colour steps run on PIL images (Pillow's resampling), then the tensor steps.
 """
 
@@ -24,6 +26,11 @@ def resize_size(data: DataConfig) -> int:
     return round(data.resize_ratio * data.image_size)
 
 
+def test_resize_size(data: DataConfig) -> int:
+    """Side of the square a test image is resized to (before any centre crop)."""
+    return resize_size(data) if data.test_resize == "crop" else data.image_size
+
+
 def build_transform(data: DataConfig, train: bool) -> v2.Compose:
     """PIL image -> normalised float32 tensor (3, image_size, image_size)."""
     if data.augment not in AUGMENT_PRESETS:
@@ -31,8 +38,12 @@ def build_transform(data: DataConfig, train: bool) -> v2.Compose:
     resize = v2.Resize((resize_size(data),) * 2, interpolation=InterpolationMode.BILINEAR, antialias=True)
     to_tensor = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(data.mean, data.std)]
     if not train:
-        return v2.Compose([resize, v2.CenterCrop(data.image_size), *to_tensor])
+        test_resize = v2.Resize((test_resize_size(data),) * 2, interpolation=InterpolationMode.BILINEAR, antialias=True)
+        return v2.Compose([test_resize, v2.CenterCrop(data.image_size), *to_tensor])
     steps = [resize, v2.RandomCrop(data.image_size), v2.RandomHorizontalFlip()]
+    if data.color_jitter > 0:
+        jitter = data.color_jitter
+        steps.append(v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter, hue=jitter))
     if data.augment == "weak":
         return v2.Compose([*steps, *to_tensor])
     return v2.Compose([*steps, v2.TrivialAugmentWide(), *to_tensor, v2.RandomErasing(p=data.random_erasing)])

@@ -2,9 +2,9 @@
 images come with the detail's box (the synthetic set records the planted badge).
 
 Boxes are x0, y0, x1, y1 with x1, y1 exclusive, read as the continuous region [x0, x1) x [y0, y1).
-The model sees the test transform's output: a square resize to `round(resize_ratio * image_size)`
-(both sides, so x and y scale differently for non-square images), then a centre crop of
-`image_size`. Its boxes are mapped back through both steps before being compared.
+The model sees the test transform's output: a square resize (`test_resize_size`; both sides, so x
+and y scale differently for non-square images), then a centre crop of `image_size` (none when the
+resize is already that size). Its boxes are mapped back through both steps before being compared.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from torch import nn
 from fgir.config import DataConfig
 from fgir.data import build_transform, read_image
 from fgir.data.datasets import ImageListDataset
-from fgir.data.transforms import resize_size
+from fgir.data.transforms import test_resize_size
 
 
 def crop_offset(resized: int, crop: int) -> int:
@@ -27,7 +27,7 @@ def crop_offset(resized: int, crop: int) -> int:
 
 def model_to_original(boxes: torch.Tensor, sizes: torch.Tensor, data: DataConfig) -> torch.Tensor:
     """(B, 4) boxes in model-input pixels -> original image pixels; `sizes` is (B, 2) width, height."""
-    resized = resize_size(data)
+    resized = test_resize_size(data)
     offset = crop_offset(resized, data.image_size)
     scale = (sizes.float() / resized).repeat(1, 2)  # x scale for x0 and x1, y scale for y0 and y1
     return (boxes.float() + offset) * scale
@@ -35,7 +35,7 @@ def model_to_original(boxes: torch.Tensor, sizes: torch.Tensor, data: DataConfig
 
 def original_to_model(points: torch.Tensor, sizes: torch.Tensor, data: DataConfig) -> torch.Tensor:
     """(B, 2) x, y points in original image pixels -> model-input pixels (the inverse mapping)."""
-    resized = resize_size(data)
+    resized = test_resize_size(data)
     return points.float() * resized / sizes.float() - crop_offset(resized, data.image_size)
 
 
