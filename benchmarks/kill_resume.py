@@ -33,11 +33,14 @@ import torch
 from fgir.engine.checkpoint import load_checkpoint
 
 TIMING_KEYS = ("train_img_per_s", "epoch_s")
+STEPS_PER_EPOCH = 6  # 24 training images at batch 4
+START_UP_KILLS = 0.15  # share of the kills aimed at start-up (checkpoint restore)
 
 
 def tiny_run_overrides(root: Path, epochs: int) -> list[str]:
     """A run of a few seconds per epoch on a 2-block ViT at 32 px, with every random stream in use
-    (augmentation, drop path, label smoothing) and a checkpoint after every optimizer step."""
+    (augmentation, drop path, label smoothing) and a checkpoint after every optimizer step
+    (STEPS_PER_EPOCH of them per epoch)."""
     return [
         "model.backbone=vit_tiny_patch16_224", "model.pretrained=false",
         "model.backbone_args={patch_size: 8, embed_dim: 32, depth: 2, num_heads: 2}", "model.drop_path=0.1",
@@ -121,6 +124,36 @@ def timed_reference_run(command: list[str], run_dir: Path, timeout: float) -> tu
     return (startup if startup is not None else total), total
 
 
+def kill_point(process: subprocess.Popen, run_dir: Path, rng: random.Random, startup: float, step_s: float) -> bool:
+    """Wait for a random moment to kill `process`; False if it ended first. Mostly the moment is up
+    to two steps' time after this attempt's first checkpoint (so every attempt makes progress and
+    kills land in steps, checkpoint writes and validation alike); sometimes during start-up, while
+    the checkpoint is being restored."""
+    if rng.random() < START_UP_KILLS:
+        try:
+            process.wait(timeout=rng.uniform(0.5, startup))
+            return False
+        except subprocess.TimeoutExpired:
+            return True
+    last = run_dir / "checkpoints" / "last.safetensors"
+    before = _identity(last)
+    while process.poll() is None and _identity(last) in (before, None):
+        time.sleep(0.005)  # atomic writes replace the file: a new identity is this attempt's checkpoint
+    try:
+        process.wait(timeout=rng.uniform(0, 2 * step_s))
+        return False
+    except subprocess.TimeoutExpired:
+        return True
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns
+
+
 def kill_and_resume(root: Path, kills: int, epochs: int = 3, seed: int = 0, max_attempts: int | None = None,
                     log=print) -> KillReport:
     """Run the tiny recipe once uninterrupted, then again under random SIGKILLs until it finishes
@@ -129,7 +162,7 @@ def kill_and_resume(root: Path, kills: int, epochs: int = 3, seed: int = 0, max_
     overrides = tiny_run_overrides(root, epochs)
     startup, reference_s = timed_reference_run(train_command([*overrides, "train.run_name=reference"]),
                                                root / "runs" / "reference", timeout=1800)
-    work_s = max(reference_s - startup, 0.5)
+    step_s = max(reference_s - startup, 0.5) / (epochs * STEPS_PER_EPOCH)
     log(f"uninterrupted run: {reference_s:.1f} s (about {startup:.1f} s of it start-up)")
     run_dir = root / "runs" / "killed"
     report = KillReport()
@@ -141,12 +174,7 @@ def kill_and_resume(root: Path, kills: int, epochs: int = 3, seed: int = 0, max_
         extra = [f"train.resume={run_dir}"] if resuming else ["train.run_name=killed"]
         process = subprocess.Popen(train_command([*overrides, *extra]), env=child_env(),
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        # Each attempt gets on average half of 1/kills of the work (a checkpoint after every step keeps
-        # it), so the run lasts about 2 * kills attempts; after `kills` kills it may finish.
-        delay = startup + rng.uniform(0, work_s / kills) if report.kills < kills else None
-        try:
-            process.wait(timeout=delay)
-        except subprocess.TimeoutExpired:
+        if report.kills < kills and kill_point(process, run_dir, rng, startup, step_s):
             process.send_signal(signal.SIGKILL)
             process.wait()
             report.kills += 1
@@ -155,6 +183,7 @@ def kill_and_resume(root: Path, kills: int, epochs: int = 3, seed: int = 0, max_
             previous, step = step, check_loadable(run_dir)
             report.progressed += step > previous
             continue
+        process.wait()
         stderr = process.stderr.read() if process.stderr else ""
         if process.returncode != 0:
             raise RuntimeError(f"attempt {report.attempts} failed ({process.returncode}):\n{stderr[-3000:]}")
@@ -169,7 +198,7 @@ def kill_and_resume(root: Path, kills: int, epochs: int = 3, seed: int = 0, max_
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kills", type=int, default=20, help="SIGKILLs to aim for (default 20)")
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill delays")
     parser.add_argument("--workdir", help="where to put the runs (default: a temporary folder)")
     args = parser.parse_args()

@@ -1,8 +1,10 @@
-"""torchrun-style DDP on CPU (gloo): 2 processes at batch B/2 train like 1 process at batch B, and
-sharded evaluation scores every image exactly once (9 test images: not divisible by 2)."""
+"""torchrun-style DDP on CPU (gloo): 2 processes at batch B/2 train like 1 process at batch B (also
+when stopped by a signal mid-epoch and resumed), and sharded evaluation scores every image exactly
+once (9 test images: not divisible by 2)."""
 
 import json
 import os
+import signal
 import socket
 
 import numpy as np
@@ -10,11 +12,13 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from conftest import tiny_overrides
 from fgir.config import ConfigError, load_config
+from fgir.engine import trainer
 from fgir.engine.checkpoint import load_checkpoint
 from fgir.engine.distributed import Distributed, gather_by_index
-from fgir.engine.trainer import per_process_batch, train
-from conftest import tiny_overrides
+from fgir.engine.losses import classification_loss
+from fgir.engine.trainer import TrainingInterrupted, per_process_batch, train
 
 # 3 classes: 18 train images (global batch 4: 4 steps per epoch), 9 validation and 9 test images.
 DDP_RUN = ("data.synthetic.val_per_class=3", "train.epochs=2", "train.device=cpu", "train.precision=fp32",
@@ -27,11 +31,30 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _worker(rank: int, world_size: int, port: int, overrides: list[str]) -> None:
+def _worker(rank: int, world_size: int, port: int, overrides: list[str], sigterm_rank1_at: int | None) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    train(load_config(None, overrides), progress=False)
+    if sigterm_rank1_at is None:
+        train(load_config(None, overrides), progress=False)
+        return
+    # Only rank 1 is signalled (at its n-th loss): both must stop after the same step and save.
+    calls = []
+
+    def loss(*args, **kwargs):
+        calls.append(None)
+        if rank == 1 and len(calls) == sigterm_rank1_at:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return classification_loss(*args, **kwargs)
+
+    trainer.classification_loss = loss
+    with pytest.raises(TrainingInterrupted):
+        train(load_config(None, overrides), progress=False)
+
+
+def spawn(overrides: list[str], sigterm_rank1_at: int | None = None) -> None:
+    mp.start_processes(_worker, args=(2, free_port(), overrides, sigterm_rank1_at), nprocs=2, join=True,
+                       start_method="spawn")
 
 
 def rows(run_dir):
@@ -39,12 +62,16 @@ def rows(run_dir):
 
 
 @pytest.mark.slow
-def test_two_gloo_processes_train_like_one_and_score_every_test_image_once(tmp_path):
+def test_two_gloo_processes_train_like_one_even_across_a_resume_and_score_every_test_image_once(tmp_path):
     torch.set_num_threads(1)
     single = train(load_config(None, tiny_overrides(tmp_path, *DDP_RUN, "train.run_name=single")), progress=False)
-    overrides = tiny_overrides(tmp_path, *DDP_RUN, "train.run_name=ddp")
-    mp.start_processes(_worker, args=(2, free_port(), overrides), nprocs=2, join=True, start_method="spawn")
+    # The 2-process run is interrupted mid-epoch (SIGTERM to rank 1 during epoch 2, batch 2) and resumed.
+    spawn(tiny_overrides(tmp_path, *DDP_RUN, "train.run_name=ddp"), sigterm_rank1_at=6)
     ddp_dir = single.run_dir.parent / "ddp"
+    last = load_checkpoint(ddp_dir / "checkpoints" / "last.safetensors", with_train_state=True)
+    assert (last.epoch, last.global_step, last.train_state["epoch_state"]["batches"]) == (1, 6, 2)
+    assert len(last.train_state["rng"]) == 2  # each process's random state
+    spawn(tiny_overrides(tmp_path, *DDP_RUN, f"train.resume={ddp_dir}"))
 
     one, two = rows(single.run_dir), rows(ddp_dir)
     assert [r["step"] for r in two] == [r["step"] for r in one] == [4, 8]

@@ -27,7 +27,7 @@ def kill_resume_module():
 @pytest.mark.slow
 def test_random_sigkills_then_resume_end_bit_identical(tmp_path):
     module = kill_resume_module()
-    report = module.kill_and_resume(tmp_path, kills=3, epochs=1, seed=1, log=lambda *_: None)
+    report = module.kill_and_resume(tmp_path, kills=3, epochs=2, seed=1, log=lambda *_: None)
     assert report.kills >= 3
     assert report.identical_weights and report.identical_metrics
 

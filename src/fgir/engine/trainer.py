@@ -28,6 +28,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import timm
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
@@ -145,8 +146,6 @@ class TrainContext:
 
 def check_before_work(config: Config) -> None:
     """Checks that need the backbone's patch size, read from a weightless (meta-device) build."""
-    import timm
-
     model = config.model
     try:
         with torch.device("meta"):
@@ -176,7 +175,10 @@ def per_process_batch(batch_size: int, ddp: Distributed) -> int:
     return batch_size // ddp.world_size
 
 
-def eval_loader(config: Config, split: str, device: torch.device, ddp: Distributed = Distributed()) -> DataLoader:
+SINGLE_PROCESS = Distributed()
+
+
+def eval_loader(config: Config, split: str, device: torch.device, ddp: Distributed = SINGLE_PROCESS) -> DataLoader:
     """The `split` with the test transform, in dataset order: validation and test read data alike.
     Under torchrun each process gets a shard (see fgir.engine.evaluator.predict_split)."""
     dataset = build_dataset(config.data, split, build_transform(config.data, train=False))
