@@ -24,6 +24,7 @@ from fgir.data.readers import (
     scan_class_folders,
 )
 from fgir.data.synthetic import ensure_synthetic
+from fgir.data.transforms import resize_size
 
 SPLITS = ("train", "val", "test")
 
@@ -47,6 +48,7 @@ class ImageListDataset(Dataset):
         transform: Callable[[Any], Any] | None = None,
         boxes: np.ndarray | torch.Tensor | None = None,
         on_error: str = "fail",
+        decode_size: int | None = None,
     ) -> None:
         if len(paths) != len(labels):
             raise ValueError(f"got {len(paths)} paths but {len(labels)} labels")
@@ -60,6 +62,8 @@ class ImageListDataset(Dataset):
         if on_error not in ("fail", "skip"):
             raise ValueError(f"on_error must be 'fail' or 'skip', got '{on_error}'")
         self.on_error = on_error
+        # JPEGs are decoded at the smallest reduced scale still >= decode_size x decode_size.
+        self.min_size = None if decode_size is None else (decode_size, decode_size)
 
     @property
     def num_classes(self) -> int:
@@ -71,7 +75,7 @@ class ImageListDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[Any, int] | UnreadableImage:
         index, sample_seed = key if isinstance(key, tuple) else (key, None)
         try:
-            image = read_image(self.paths[index])
+            image = read_image(self.paths[index], min_size=self.min_size)
         except ImageReadError as err:
             if self.on_error == "fail":
                 raise
@@ -173,7 +177,10 @@ def build_dataset(data: DataConfig, split: str, transform: Callable[[Any], Any] 
     rows, image_root = _read_split(data, location, num_classes, names)
     base = os.path.abspath(image_root)
     paths = [os.path.join(base, relative) for relative in rows.paths]
-    return ImageListDataset(paths, rows.labels, names, transform, rows.boxes, on_error=data.on_error)
+    # Train and test transforms start with a square resize no larger than resize_size(data).
+    decode_size = resize_size(data) if data.fast_decode else None
+    return ImageListDataset(paths, rows.labels, names, transform, rows.boxes, on_error=data.on_error,
+                            decode_size=decode_size)
 
 
 def _read_split(
