@@ -270,8 +270,15 @@ def test_calibration_errors_name_the_culprit(overconfident, tmp_path):
     root = config.data.root
     paths = [line.split(",")[1] for line in open(f"{root}/train.csv").read().split()[1:]]
     write_labels(Path(root), "perfect", paths, model_logits(model, config, paths).argmax(dim=1).tolist())
-    with pytest.raises(CalibrationError, match="split 'val' \\(8 images\\) ran to its bound"):
+    with pytest.raises(CalibrationError, match="split 'val' \\(8 images\\) ran to its bound T=0.01: the model "
+                                               "separates this split perfectly"):
         calibrate_checkpoint(no_val, data_overrides=["data.val=perfect.csv"], progress=False)
+    # Labels the model never gets right: the uniform answer (T -> infinity) is the best it can do.
+    wrong = [(p + 1) % 4 for p in model_logits(model, config, paths).argmax(dim=1).tolist()]
+    write_labels(Path(root), "wrong", paths, wrong)
+    with pytest.raises(CalibrationError, match="T=100: the model's scores carry \\(almost\\) no information on "
+                                               "this split \\(top-1 0.0%, uniform probabilities fit best\\)"):
+        calibrate_checkpoint(no_val, data_overrides=["data.val=wrong.csv"], progress=False)
     assert read_calibration(no_val) is None  # nothing stored
 
     with pytest.raises(ValueError, match="config, format are written by save_checkpoint only"):

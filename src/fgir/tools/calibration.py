@@ -125,11 +125,18 @@ def calibrate_checkpoint(
     scored = score_split(checkpoint_path, split, data_overrides=data_overrides, device=device,
                          precision=precision, batch_size=batch_size, progress=progress)
     temperature = fit_temperature(scored.logits, scored.labels)
-    if not MIN_TEMPERATURE * 1.001 < temperature < MAX_TEMPERATURE / 1.001:
+    if temperature <= MIN_TEMPERATURE * 1.001:
         raise CalibrationError(
             f"{scored.path}: temperature fit on split '{split}' ({len(scored.labels)} images) ran to its bound "
-            f"T={temperature:g}: the model separates this split perfectly (or is worse than chance on it); "
-            "calibrate on held-out images the model was not trained on"
+            f"T={temperature:g}: the model separates this split perfectly; calibrate on held-out images the "
+            "model was not trained on"
+        )
+    if temperature >= MAX_TEMPERATURE / 1.001:
+        raise CalibrationError(
+            f"{scored.path}: temperature fit on split '{split}' ({len(scored.labels)} images) ran to its bound "
+            f"T={temperature:g}: the model's scores carry (almost) no information on this split (top-1 "
+            f"{100 * (scored.logits.argmax(dim=1) == scored.labels).double().mean().item():.1f}%, uniform "
+            "probabilities fit best); train it first"
         )
     calibration = {
         "temperature": temperature,
