@@ -126,7 +126,7 @@ def timed_reference_run(command: list[str], run_dir: Path, timeout: float) -> tu
 
 def kill_point(process: subprocess.Popen, run_dir: Path, rng: random.Random, startup: float, step_s: float) -> bool:
     """Wait for a random moment to kill `process`; False if it ended first. Mostly the moment is up
-    to two steps' time after this attempt's first checkpoint (so every attempt makes progress and
+    to one step's time after this attempt's first checkpoint (so every attempt makes progress and
     kills land in steps, checkpoint writes and validation alike); sometimes during start-up, while
     the checkpoint is being restored."""
     if rng.random() < START_UP_KILLS:
@@ -140,7 +140,7 @@ def kill_point(process: subprocess.Popen, run_dir: Path, rng: random.Random, sta
     while process.poll() is None and _identity(last) in (before, None):
         time.sleep(0.005)  # atomic writes replace the file: a new identity is this attempt's checkpoint
     try:
-        process.wait(timeout=rng.uniform(0, 2 * step_s))
+        process.wait(timeout=rng.uniform(0, step_s))
         return False
     except subprocess.TimeoutExpired:
         return True
@@ -198,7 +198,7 @@ def kill_and_resume(root: Path, kills: int, epochs: int = 3, seed: int = 0, max_
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kills", type=int, default=20, help="SIGKILLs to aim for (default 20)")
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill delays")
     parser.add_argument("--workdir", help="where to put the runs (default: a temporary folder)")
     args = parser.parse_args()

@@ -162,7 +162,7 @@ def test_periodic_checkpoints_resume_bit_identically_after_a_crash(tiny_config, 
     assert (last.epoch, last.global_step, last.train_state["epoch_state"]["batches"]) == (1, 6, 2)
     monkeypatch.setattr(trainer, "classification_loss", classification_loss)
     reads = []
-    monkeypatch.setattr(datasets, "read_image", lambda path: reads.append(path) or read_image(path))
+    monkeypatch.setattr(datasets, "read_image", lambda path, **kw: reads.append(path) or read_image(path, **kw))
     train(tiny_config(*COMMON, f"train.resume={part}", "train.checkpoint_every_steps=3"), progress=False)
     assert same_weights(full.run_dir, part) and same_rows(full.run_dir, part)
     # The 2 batches of epoch 2 trained on before the crash are not read again: 2 + 4 batches of 4
