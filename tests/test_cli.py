@@ -60,3 +60,34 @@ def test_data_check_exit_status_tells_clean_from_broken(tmp_path, capsys):
     assert main(["data", "check", *overrides, "--no-progress", "--json"]) == 1
     report = json.loads(capsys.readouterr().out)
     assert not report["ok"] and any("test_0.png" in p["message"] or "test.csv" in p["file"] for p in report["problems"])
+
+
+def test_sweep_picks_an_lr_then_merge_and_analyze_the_chosen_model(tmp_path, capsys):
+    overrides = tiny_overrides(tmp_path, "model.method=lora", "model.peft.lora_rank=2", "train.epochs=1")
+    assert main(["sweep", *overrides, "--lrs", "0.05", "0.001", "--name", "s", "--no-progress",
+                 "--train-val-split", "train.csv"]) == 0
+    out = capsys.readouterr().out
+    summary = json.loads((tmp_path / "runs" / "s" / "sweep.json").read_text())
+    assert f"best lr {summary['best_lr']:g}" in out and len(summary["trials"]) == 2
+    final = next((tmp_path / "runs" / "s").glob("final_lr_*"))
+
+    merged = tmp_path / "merged.safetensors"
+    assert main(["convert", "merge-lora", str(final), str(merged)]) == 0
+    assert capsys.readouterr().out.strip() == str(merged)
+    image = tmp_path / "synthetic" / "images" / "disc" / "test_0.png"
+    assert main(["predict", str(merged), str(image), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["topk"]
+
+    assert main(["analyze", "cka", str(final), str(merged), "--images", str(image.parent), "--features", "cls",
+                 "--out", str(tmp_path / "cka.png"), "--device", "cpu"]) == 0
+    assert (tmp_path / "cka.png").is_file() and (tmp_path / "cka.csv").is_file()
+
+
+def test_data_cache_writes_a_dataset_config_to_train_from(tmp_path, capsys):
+    overrides = tiny_overrides(tmp_path)
+    assert main(["data", "check", *overrides, "--no-progress"]) == 0  # generates the synthetic set
+    csv = [*overrides, "data.format=csv", "data.num_classes=3"]
+    assert main(["data", "cache", *csv, "--out", str(tmp_path / "cache"), "--workers", "1", "--no-progress"]) == 0
+    assert "33 written, 0 already up to date, 0 unreadable" in capsys.readouterr().out
+    cached = tmp_path / "cache" / "dataset.yaml"
+    assert main(["data", "check", str(cached), "--no-progress"]) == 0

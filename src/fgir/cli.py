@@ -40,10 +40,20 @@ def cmd_eval(args: argparse.Namespace) -> None:
     print(json.dumps(report, indent=1))
 
 
+def cmd_calibrate(args: argparse.Namespace) -> None:
+    from fgir.tools.calibration import calibrate_checkpoint
+
+    result = calibrate_checkpoint(args.checkpoint, split=args.split, data_overrides=args.overrides,
+                                  device=args.device, precision=args.precision, batch_size=args.batch_size,
+                                  progress=not args.no_progress)
+    print(json.dumps(result, indent=1))
+
+
 def cmd_predict(args: argparse.Namespace) -> None:
     from fgir.tools.predictor import Predictor, format_predictions
 
-    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, batch_size=args.batch_size)
+    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, batch_size=args.batch_size,
+                                          unknown_below=args.unknown_below)
     predictions = predictor.predict(args.images, topk=args.topk)
     print(format_predictions(predictions, as_json=args.json))
 
@@ -53,6 +63,13 @@ def cmd_explain(args: argparse.Namespace) -> None:
 
     for path in explain_images(args.checkpoint, args.images, args.out, device=args.device):
         print(path)
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from fgir.app.server import serve
+
+    serve(args.checkpoint, host=args.host, port=args.port, share=args.share, device=args.device,
+          unknown_below=args.unknown_below)
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -86,6 +103,44 @@ def cmd_data_check(args: argparse.Namespace) -> int:
                            open_images=args.images == "decode", progress=not args.no_progress)
     print(json.dumps(report.to_dict(), indent=1) if args.json else report.format())
     return 0 if report.ok else 1
+
+
+def cmd_data_cache(args: argparse.Namespace) -> int:
+    from fgir.data.cache import cache_dataset
+
+    path, overrides = _split_config_and_overrides(args.items)
+    result = cache_dataset(load_config(path, overrides).data, args.out, short_side=args.short_side,
+                           workers=args.workers, progress=not args.no_progress)
+    print(f"cached into {result.out_dir}: {result.written} written, {result.up_to_date} already up to date, "
+          f"{len(result.failed)} unreadable")
+    for message in result.failed:
+        print(f"  {message}", file=sys.stderr)
+    print(f"dataset config: {result.config_path} (include it from a recipe instead of the original dataset)")
+    return 1 if result.failed else 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from fgir.tools.sweep import DEFAULT_LRS, sweep_lr
+
+    path, overrides = _split_config_and_overrides(args.items)
+    result = sweep_lr(load_config(path, overrides), args.lrs or DEFAULT_LRS, sweep_name=args.name,
+                      train_val_split=args.train_val_split, progress=not args.no_progress)
+    print(f"best lr {result.best_lr:g}: test top-1 {result.test_metrics['top1']:.2f}%")
+    print(f"summary: {result.sweep_dir / 'sweep.json'}")
+
+
+def cmd_analyze_cka(args: argparse.Namespace) -> None:
+    from fgir.tools.cka import analyze_cka
+
+    _, path = analyze_cka(args.sources, args.images, args.out, args.features, args.kernel, args.batch_size,
+                          args.device, args.overrides)
+    print(path)
+
+
+def cmd_convert_merge_lora(args: argparse.Namespace) -> None:
+    from fgir.tools.merge_lora import save_merged_lora
+
+    print(save_merged_lora(args.checkpoint, args.out))
 
 
 def cmd_convert_glsim(args: argparse.Namespace) -> None:
@@ -125,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="JSON instead of a table")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--unknown-below", type=float, metavar="P",
+                   help="answer 'unknown' when the top class's probability (after the checkpoint's fitted "
+                        "temperature, see fgir calibrate) is below P, e.g. 0.5; the top-k list is kept")
     p.set_defaults(func=cmd_predict, trailing="images")
 
     p = verbs.add_parser("explain", help="GLSim figures: similarity heat map, box, crop, attention maps")
@@ -133,6 +191,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="explanations", help="output folder for <stem>_explain.png files")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_explain, trailing="images")
+
+    p = verbs.add_parser("calibrate", help="fit a temperature on the validation split and store it in the "
+                                           "checkpoint (predict, eval and serve then use it)")
+    p.add_argument("checkpoint", help="a checkpoint file or a run directory (its best checkpoint)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="data.* overrides, e.g. data.root=/data/dafre")
+    p.add_argument("--split", default="val", choices=("train", "val", "test"),
+                   help="held-out images to fit on (default: val)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_calibrate, trailing="overrides")
+
+    p = verbs.add_parser("serve", help="web demo: upload a picture, see the top-5 classes and where the model looked")
+    p.add_argument("checkpoint", help="a checkpoint file or a run directory")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--share", action="store_true", help="also open a public Gradio link (off by default)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--unknown-below", type=float, metavar="P",
+                   help="answer 'unknown' when the top class's probability is below P, as in fgir predict")
+    p.set_defaults(func=cmd_serve)
 
     p = verbs.add_parser("bench", help="parameters, FLOPs, throughput, latency and memory of a model")
     p.add_argument("target", help="a YAML recipe or a checkpoint")
@@ -148,7 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("data", help="dataset tools")
     data_verbs = p.add_subparsers(dest="data_verb", required=True)
     p = data_verbs.add_parser("prepare", help="turn an official dataset download into the split CSVs")
-    p.add_argument("name", help="dataset: cub, nabirds, dogs, cars, aircraft, pets, flowers, food, inat17")
+    p.add_argument("name", help="dataset: cub, nabirds, dogs, cars, aircraft, pets, flowers, food, inat17, vegfru, "
+                                "dafre_faces, dafb, moeimouto, cotton, soylocal, soyglobal, soygene, soyageing, "
+                                "soyageing_r1 (r3, r4, r5, r6)")
     p.add_argument("root", help="the downloaded dataset folder, e.g. ~/data/CUB_200_2011")
     p.add_argument("--out", help="where to write the CSVs and dataset.yaml (default: the dataset folder)")
     p.add_argument("--allow-count-mismatch", action="store_true",
@@ -164,6 +246,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="the report as JSON instead of text")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_data_check, trailing="items")
+    p = data_verbs.add_parser("cache", help="a pre-resized copy of a dataset's images (short side = the resize "
+                                            "size), for datasets whose photos are far larger than training needs")
+    p.add_argument("items", nargs="*", metavar="CONFIG [KEY=VALUE ...]", help=f"a YAML recipe, then {USAGE_OVERRIDES}")
+    p.add_argument("--out", required=True, help="the cache folder (a dataset.yaml to include is written there)")
+    p.add_argument("--short-side", type=int, help="short side of the cached images (default: the recipe's resize size)")
+    p.add_argument("--workers", type=int, help="decoding processes (default: one per core)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_data_cache, trailing="items")
+
+    p = verbs.add_parser("sweep", help="learning-rate sweep: one run per lr on train, best val lr retrained on "
+                                       "train_val and scored on test")
+    p.add_argument("items", nargs="*", metavar="CONFIG [KEY=VALUE ...]", help=f"a YAML recipe, then {USAGE_OVERRIDES}")
+    p.add_argument("--lrs", type=float, nargs="+", help="learning rates (default: 0.3 0.1 0.03 0.01 0.003)")
+    p.add_argument("--name", help="sweep folder under train.output_dir (default: dataset-method-sweep-time)")
+    p.add_argument("--train-val-split", default="train_val.csv", help="the split the chosen lr is retrained on")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_sweep, trailing="items")
+
+    p = verbs.add_parser("analyze", help="analysis tools")
+    analyze_verbs = p.add_subparsers(dest="analyze_verb", required=True)
+    p = analyze_verbs.add_parser("cka", help="layer-to-layer CKA heat map of one or more models (e.g. a frozen ViT "
+                                             "vs ILA)")
+    p.add_argument("sources", nargs="+", help="checkpoints, run directories or YAML recipes (drawn side by side)")
+    p.add_argument("--images", nargs="+", required=True, help="image files or folders")
+    p.add_argument("--features", choices=("attention", "cls", "mean"), default="attention",
+                   help="what is compared per layer (default: attention maps)")
+    p.add_argument("--kernel", choices=("linear", "rbf"), default="linear")
+    p.add_argument("--out", default="cka.png", help="the heat map (a CSV is written beside it)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="an override for the YAML recipes among the sources (repeatable)")
+    p.set_defaults(func=cmd_analyze_cka)
 
     p = verbs.add_parser("convert", help="convert foreign checkpoints to fgir checkpoints")
     convert_verbs = p.add_subparsers(dest="convert_verb", required=True)
@@ -173,6 +288,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=int, help="check the head has this many classes")
     p.add_argument("--class-names", help="class_id,class_name CSV (default: 0..C-1)")
     p.set_defaults(func=cmd_convert_glsim)
+    p = convert_verbs.add_parser("merge-lora", help="a LoRA checkpoint -> a full vit checkpoint with the LoRA updates "
+                                                    "merged (needs neither peft nor the pretrained weights to load)")
+    p.add_argument("checkpoint", help="a LoRA checkpoint file or run directory")
+    p.add_argument("out", help="output .safetensors")
+    p.set_defaults(func=cmd_convert_merge_lora)
     return parser
 
 
