@@ -12,7 +12,20 @@ import os
 from pathlib import Path
 
 from fgir.config import ConfigError
-from fgir.data.prepare import aircraft, cars, cub, dafre, dogs, flowers, food, inat17, moeimouto, nabirds, pets, vegfru
+from fgir.data.prepare import (
+    aircraft,
+    cars,
+    cub,
+    dafre,
+    dogs,
+    flowers,
+    food,
+    inat17,
+    moeimouto,
+    nabirds,
+    pets,
+    vegfru,
+)
 from fgir.data.prepare.splits import PreparedDataset, write_prepared
 from fgir.data.prepare.ultra import PREPARERS as ULTRA_FGVC
 
