@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from fgir.config import load_config
@@ -26,6 +27,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     path, overrides = _split_config_and_overrides(args.items)
     config = load_config(path, overrides)
     result = train(config, progress=not args.no_progress, stop_after_epochs=args.stop_after_epochs)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # under torchrun, rank 0 speaks for the run
     print(f"run directory: {result.run_dir}")
     print(f"checkpoint:    {result.checkpoint}")
     print(f"predict with:  fgir predict {result.checkpoint} <image or folder>")

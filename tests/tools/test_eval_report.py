@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from fgir.config import Config, ConfigError, DataConfig, ModelConfig
-from fgir.data import build_transform, read_image
+from fgir.data import ImageReadError, build_transform, read_image
 from fgir.engine.checkpoint import save_checkpoint
 from fgir.models.factory import build_model
 from fgir.tools import eval_report
@@ -173,3 +173,22 @@ def test_heat_map_is_skipped_for_many_classes(run, tmp_path, monkeypatch):
     report = evaluate_checkpoint(path, out_dir=tmp_path / "out", progress=False)
     assert report["confusion_plot"].startswith("skipped: 3 classes > 2")
     assert {p.name for p in (tmp_path / "out").iterdir()} == REPORT_FILES - {"confusion.png"}
+
+
+def test_skip_lists_unreadable_images_and_scores_the_rest(run, tmp_path, capsys):
+    path, _, config = run
+    broken = tmp_path / "toy" / "images" / "test_4.png"
+    broken.write_bytes(b"not an image")
+    with pytest.raises(ImageReadError, match="test_4.png"):
+        evaluate_checkpoint(path, out_dir=tmp_path / "fail", progress=False)
+
+    report = evaluate_checkpoint(path, data_overrides=["data.on_error=skip"], out_dir=tmp_path / "skip",
+                                 progress=False)
+    assert report["num_samples"] == len(TEST_LABELS) - 1
+    assert len(report["skipped_images"]) == 1 and str(broken) in report["skipped_images"][0]
+    assert "test: 1 unreadable images skipped, 8 scored" in capsys.readouterr().out
+    with open(tmp_path / "skip" / "predictions.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    scored = [row["path"].rsplit("/", 1)[1] for row in rows]
+    assert scored == [f"test_{i}.png" for i in range(len(TEST_LABELS)) if i != 4]
+    assert [int(row["label"]) for row in rows] == [label for i, label in enumerate(TEST_LABELS) if i != 4]

@@ -37,7 +37,14 @@ from tqdm import tqdm
 from fgir.config import Config, ConfigError, save_config, to_dict
 from fgir.data import build_batch_mix, build_dataset, build_loader, build_transform, dataset_info
 from fgir.data.datasets import Batch
-from fgir.engine.checkpoint import CheckpointError, load_checkpoint, load_model_state, save_checkpoint
+from fgir.engine.acceleration import compile_model, set_grad_checkpointing
+from fgir.engine.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_model_state,
+    read_backbone_identity,
+    save_checkpoint,
+)
 from fgir.engine.device import autocast, resolve_device, resolve_precision
 from fgir.engine.distributed import (
     Distributed,
@@ -57,7 +64,7 @@ from fgir.engine.rng import rng_state, seed_everything, set_rng_state
 from fgir.engine.run_log import RunLog
 from fgir.errors import FgirError
 from fgir.fileio import atomic_write_text
-from fgir.models.factory import build_model
+from fgir.models.factory import NETWORKS, build_model
 from fgir.models.peft.freezing import trainable_report
 
 
@@ -147,6 +154,8 @@ class TrainContext:
 def check_before_work(config: Config) -> None:
     """Checks that need the backbone's patch size, read from a weightless (meta-device) build."""
     model = config.model
+    if model.method in NETWORKS:
+        return  # a network of its own (e.g. a CNN): no patch grid to check
     try:
         with torch.device("meta"):
             vit = timm.create_model(model.backbone, pretrained=False, img_size=config.data.image_size,
@@ -240,7 +249,7 @@ def init_weights_from(net: nn.Module, source: str, new_head: bool) -> list[str]:
                 state[key] = own[key]
                 fresh.append(key)
     try:
-        load_model_state(net, state, f"train.init_from={checkpoint.path}")
+        load_model_state(net, state, f"train.init_from={checkpoint.path}", checkpoint.backbone)
     except CheckpointError as err:
         hint = "" if new_head else "; to start the classification head afresh set train.init_new_head=true"
         raise CheckpointError(f"{err}{hint}") from None
@@ -281,7 +290,9 @@ def _train(config: Config, progress: bool, stop_after_epochs: int | None, device
     # Model, optimizer, schedule (per optimizer step). A resumed run takes every weight from its
     # checkpoint, so it does not fetch pretrained weights again (it may run offline); neither does
     # a run initialised from another run's weights.
-    pretrained = False if config.train.resume or config.train.init_from else None
+    source = run_dir / "checkpoints" / "last.safetensors" if config.train.resume else config.train.init_from
+    # ... unless that checkpoint is adapter-only: its frozen backbone comes from the pretrained weights.
+    pretrained = False if source and read_backbone_identity(source) is None else None
     net = build_model(config.model, num_classes, config.data.image_size, pretrained=pretrained)
     if config.train.init_from and not config.train.resume:
         fresh = init_weights_from(net, config.train.init_from, config.train.init_new_head)
@@ -289,6 +300,11 @@ def _train(config: Config, progress: bool, stop_after_epochs: int | None, device
             print(f"initialised from {config.train.init_from}" + (f"; started afresh: {', '.join(fresh)}" if fresh else ""))
     net = net.to(device)
     report_trainable(net, run_dir, ddp)
+    if config.train.grad_checkpointing and not set_grad_checkpointing(net):
+        raise ConfigError(f"train.grad_checkpointing=true but model.method='{config.model.method}' has no "
+                          "backbone that supports activation checkpointing")
+    if config.train.compile:
+        compile_model(net)  # in place: state_dict keys, and so checkpoints, stay as they are
     model = wrap_model(net, device, ddp)
     net = model.module if model is not net else net  # SyncBatchNorm conversion may have replaced modules
     optimizer = build_optimizer(net, config.train)
@@ -352,7 +368,7 @@ def resume(ctx: TrainContext) -> tuple[int, EpochState, dict[str, Any] | None]:
     inside the epoch. Returns (first epoch to run, the epoch's state, the RNG to set after its
     iterator is created when resuming mid-epoch)."""
     last = load_checkpoint(ctx.ckpt_dir / "last.safetensors", with_train_state=True)
-    load_model_state(ctx.net, last.model_state, str(last.path))
+    load_model_state(ctx.net, last.model_state, str(last.path), last.backbone)
     state = last.train_state
     ctx.optimizer.load_state_dict(state["optimizer"])
     ctx.scheduler.load_state_dict(state["scheduler"])
@@ -581,7 +597,7 @@ def finish(ctx: TrainContext) -> RunResult:
     best, last = ctx.ckpt_dir / "best.safetensors", ctx.ckpt_dir / "last.safetensors"
     chosen = best if best.is_file() else last
     checkpoint = load_checkpoint(chosen)
-    load_model_state(ctx.net, checkpoint.model_state, str(chosen))
+    load_model_state(ctx.net, checkpoint.model_state, str(chosen), checkpoint.backbone)
     val_metrics = checkpoint.metrics.get("val")
     test_metrics = None
     if config.data.test:

@@ -73,7 +73,7 @@ def evaluate_checkpoint(
     logits, labels = scored.logits, scored.labels
     confusion = confusion_matrix(logits.argmax(dim=1), labels, len(class_names))
     train_counts, train_note = training_counts(data, len(class_names))
-    write_predictions_csv(out / "predictions.csv", scored.dataset.paths, logits, labels, class_names)
+    write_predictions_csv(out / "predictions.csv", scored.paths, logits, labels, class_names)
     write_confusion_csv(out / "confusion.csv", confusion, class_names)
     write_per_class_csv(out / "per_class.csv", confusion, class_names, train_counts)
     if len(class_names) <= MAX_PLOT_CLASSES:
@@ -99,6 +99,7 @@ def evaluate_checkpoint(
         "long_tail": long_tail,
         **calibration_metrics(logits, labels, path, out / "reliability.png", title=f"{data.name} {split}"),
         "num_classes": len(class_names),
+        "skipped_images": scored.skipped,
         "checkpoint": str(path.resolve()),
         "epoch": scored.checkpoint.epoch,
         "split": split,

@@ -26,6 +26,8 @@ class ScoredSplit:
     dataset: ImageListDataset
     logits: torch.Tensor  # (N, C) float32, in dataset order
     labels: torch.Tensor  # (N,)
+    paths: list[str]  # the N images scored (all of the split's, unless data.on_error=skip left some out)
+    skipped: list[str]  # with data.on_error=skip: one message per unreadable image, naming it
 
 
 def checkpoint_data(config: Config, overrides: DataConfig | list[str] | None) -> DataConfig:
@@ -76,4 +78,10 @@ def score_split(
                           num_workers=data.num_workers, pin_memory=torch_device.type == "cuda")
     dtype = resolve_precision(precision, torch_device)
     predictions = predict_loader(model, loader, torch_device, dtype, desc=split, progress=progress)
-    return ScoredSplit(path, checkpoint, data, dataset, predictions.logits, predictions.labels)
+    # The loader is sequential: positions are dataset indices.
+    positions = range(len(dataset)) if predictions.positions is None else predictions.positions.tolist()
+    paths = [dataset.paths[i] for i in positions]
+    if predictions.skipped:
+        print(f"{split}: {len(predictions.skipped)} unreadable images skipped, {len(paths)} scored")
+    return ScoredSplit(path, checkpoint, data, dataset, predictions.logits, predictions.labels, paths,
+                       predictions.skipped)
