@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import multiprocessing
 import os
 import platform
 import statistics
@@ -27,11 +28,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from datetime import date
 from pathlib import Path
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 from PIL import Image
 
 from fgir.config import DataConfig, ModelConfig
@@ -49,25 +52,24 @@ IMAGE_FAMILIES = {"anime crop (DAF:re faces)": (256, 256), "CUB-like photo": (50
                   "iNat/NABirds-like photo": (1200, 900)}
 
 
-def best_of(run: Callable[[], object], repeats: int) -> float:
-    """Shortest wall time of `repeats` calls after one warm-up call (the least disturbed run)."""
+def call_times(run: Callable[[], object], repeats: int) -> list[float]:
+    """Wall time of each of `repeats` calls of `run`, after one untimed warm-up call."""
     run()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         run()
         times.append(time.perf_counter() - start)
-    return min(times)
+    return times
+
+
+def best_of(run: Callable[[], object], repeats: int) -> float:
+    """The shortest call: the least disturbed run, for a machine's peak."""
+    return min(call_times(run, repeats))
 
 
 def median_of(run: Callable[[], object], repeats: int) -> float:
-    run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(call_times(run, repeats))
 
 
 # --- peak -------------------------------------------------------------------------------------
@@ -146,7 +148,7 @@ def pipeline_rates(folder: Path, quick: bool, vit_s_train_img_per_s_per_core: fl
 
 # --- models -----------------------------------------------------------------------------------
 
-def model_rows(backbone: str, image_sizes: list[int], methods: list[str], batch_size: int, iters: int,
+def model_rows(backbone: str, image_sizes: list[int], methods: list[str], batch_size: int, warmup: int, iters: int,
                peak_gflops: float | None) -> list[dict]:
     rows = []
     for image_size in image_sizes:
@@ -154,8 +156,11 @@ def model_rows(backbone: str, image_sizes: list[int], methods: list[str], batch_
         for method in methods:
             config = ModelConfig(method=method, backbone=backbone, pretrained=False)
             try:
-                report = benchmark(config, num_classes=200, image_size=image_size, device="cpu",
-                                   batch_size=batch_size, warmup=1, iters=iters)
+                # A process of its own per model: its peak memory is not hidden by pages an earlier
+                # model left to the allocator.
+                with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+                    report = pool.submit(benchmark, config, num_classes=200, image_size=image_size, device="cpu",
+                                         batch_size=batch_size, warmup=warmup, iters=iters).result()
             except Exception as error:  # noqa: BLE001 - one broken method must not hide the others
                 print(f"  {method} at {image_size}: failed: {error}", file=sys.stderr)
                 rows.append({"method": method, "image_size": image_size, "error": str(error)})
@@ -179,39 +184,43 @@ def model_rows(backbone: str, image_sizes: list[int], methods: list[str], batch_
 
 # --- growth -----------------------------------------------------------------------------------
 
-@torch.inference_mode()
 def growth_rows(backbone_name: str, sizes: list[int], quick: bool) -> list[dict]:
-    """Per image size (batch 1): encoder pass, GLS selection (scores + top-8 + crop + resize) and
-    attention-rollout selection (attention maps recorded, heads averaged, L products of T x T)."""
     rows = []
     for size in sizes:
-        backbone = Backbone.create(backbone_name, pretrained=False, img_size=size).eval()
-        images = torch.randn(1, 3, size, size)
-        tokens = backbone.forward_features(images)
-        patches = backbone.patch_tokens(tokens)
-        num_patches, dim = patches.shape[1], patches.shape[2]
-        boxes = torch.tensor([[0, 0, size // 2, size // 2]])
-
-        def gls() -> None:
-            gls_scores(tokens[:, 0], patches, "cosine").topk(8, dim=1)
-            crop_and_resize(images, boxes)
-
-        repeats = 2 if quick else 5
-        encoder_s = median_of(lambda: backbone.forward_features(images), repeats)
-        gls_s = median_of(gls, max(repeats, 10))
-        rollout_s = median_of(lambda: attention_rollout(backbone, images), repeats)
-        tokens_count = num_patches + backbone.num_prefix_tokens
-        rows.append({
-            "image_size": size, "tokens": tokens_count,
-            "encoder_ms": 1e3 * encoder_s, "gls_ms": 1e3 * gls_s,
-            # Rollout re-runs the encoder to record the maps; its own cost is the rest.
-            "rollout_ms": 1e3 * rollout_s, "rollout_extra_ms": 1e3 * max(rollout_s - encoder_s, 0.0),
-            "gls_gflops": selection_flops(num_patches, dim, "cosine", (size, size)) / 1e9,
-            # L - 1 products of T x T matrices (2 T^3 FLOPs each) + head averaging: grows like L * N^3.
-            "rollout_gflops": (backbone.num_blocks - 1) * 2 * tokens_count**3 / 1e9,
-        })
+        rows.append(growth_row(backbone_name, size, quick))
         print(f"  growth {size}: {rows[-1]}", file=sys.stderr, flush=True)
     return rows
+
+
+@torch.inference_mode()
+def growth_row(backbone_name: str, size: int, quick: bool) -> dict:
+    """At one image size (batch 1): encoder pass, GLS selection (scores + top-8 + crop + resize) and
+    attention-rollout selection (attention maps recorded, heads averaged, L products of T x T)."""
+    backbone = Backbone.create(backbone_name, pretrained=False, img_size=size).eval()
+    images = torch.randn(1, 3, size, size)
+    tokens = backbone.forward_features(images)
+    patches = backbone.patch_tokens(tokens)
+    num_patches, dim = patches.shape[1], patches.shape[2]
+    boxes = torch.tensor([[0, 0, size // 2, size // 2]])
+
+    def gls() -> None:
+        gls_scores(tokens[:, 0], patches, "cosine").topk(8, dim=1)
+        crop_and_resize(images, boxes)
+
+    repeats = 2 if quick else 5
+    encoder_s = median_of(lambda: backbone.forward_features(images), repeats)
+    gls_s = median_of(gls, max(repeats, 10))
+    rollout_s = median_of(lambda: attention_rollout(backbone, images), repeats)
+    tokens_count = num_patches + backbone.num_prefix_tokens
+    return {
+        "image_size": size, "tokens": tokens_count,
+        "encoder_ms": 1e3 * encoder_s, "gls_ms": 1e3 * gls_s,
+        # Rollout re-runs the encoder to record the maps; its own cost is the rest.
+        "rollout_ms": 1e3 * rollout_s, "rollout_extra_ms": 1e3 * max(rollout_s - encoder_s, 0.0),
+        "gls_gflops": selection_flops(num_patches, dim, "cosine", (size, size)) / 1e9,
+        # L - 1 products of T x T matrices (2 T^3 FLOPs each): grows like L * N^3.
+        "rollout_gflops": (backbone.num_blocks - 1) * 2 * tokens_count**3 / 1e9,
+    }
 
 
 # --- eval loader wait -------------------------------------------------------------------------
@@ -268,18 +277,16 @@ def _cell(value: object) -> str:
 
 
 def growth_plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    figure = Figure(figsize=(10, 4))
+    left, right = figure.subplots(1, 2)
     sizes = [row["image_size"] for row in rows]
-    for key, label in (("encoder_ms", "encoder pass"), ("gls_ms", "GLS selection"), ("rollout_extra_ms", "rollout (extra)")):
-        left.plot(sizes, [row[key] for row in rows], marker="o", label=label)
+    colours = {"encoder": "tab:blue", "gls": "tab:orange", "rollout": "tab:green"}
+    for key, label, colour in (("encoder_ms", "encoder pass", "encoder"), ("gls_ms", "GLS selection", "gls"),
+                               ("rollout_extra_ms", "rollout (extra)", "rollout")):
+        left.plot(sizes, [row[key] for row in rows], marker="o", label=label, color=colours[colour])
     left.set(xlabel="image size (px)", ylabel="ms (batch 1)", yscale="log", title="time")
-    for key, label in (("gls_gflops", "GLS selection"), ("rollout_gflops", "rollout")):
-        right.plot(sizes, [row[key] for row in rows], marker="o", label=label)
+    for key, label, colour in (("gls_gflops", "GLS selection", "gls"), ("rollout_gflops", "rollout", "rollout")):
+        right.plot(sizes, [row[key] for row in rows], marker="o", label=label, color=colours[colour])
     right.set(xlabel="image size (px)", ylabel="GFLOPs", yscale="log", title="FLOPs")
     left.legend()
     right.legend()
@@ -295,7 +302,8 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=None, help="model table image sizes (default 224)")
     parser.add_argument("--methods", nargs="+", default=None, help="default: every registered method")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--iters", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=2, help="untimed batches before each measurement")
+    parser.add_argument("--iters", type=int, default=3, help="timed batches per measurement")
     parser.add_argument("--eval-images", type=int, default=1000)
     args = parser.parse_args()
     backbone = args.backbone or ("vit_tiny_patch16_224" if args.quick else "vit_base_patch16_224")
@@ -320,7 +328,8 @@ def main() -> None:
         if "models" in args.parts:
             methods = args.methods or list(METHODS)
             methods = ["vit", *[m for m in methods if m != "vit"]]
-            results["models"] = model_rows(backbone, args.sizes or [224], methods, args.batch_size, args.iters, peak)
+            results["models"] = model_rows(backbone, args.sizes or [224], methods, args.batch_size, args.warmup,
+                                           args.iters, peak)
         if "growth" in args.parts:
             sizes = [224, 320] if args.quick else [224, 320, 448, 640]
             results["growth"] = growth_rows(backbone, sizes, args.quick)

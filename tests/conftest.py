@@ -59,3 +59,23 @@ def tiny_config(tmp_path):
 def _two_threads():
     # Bit-identity checks (resume, batch independence) need the same thread count in every run.
     torch.set_num_threads(2)
+
+
+def tinted_batch(size: int = 6, classes: int = 3, image_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """A learnable batch: noise images whose class tints one colour channel."""
+    labels = torch.arange(size) % classes
+    images = torch.randn(size, 3, image_size, image_size) + torch.nn.functional.one_hot(labels, 3).float()[:, :, None, None]
+    return images, labels
+
+
+def fit_steps(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, steps: int,
+              optimizer: torch.optim.Optimizer) -> list[float]:
+    """Train `model` on one batch for `steps` steps; the loss of each step."""
+    losses = []
+    for _ in range(steps):
+        loss = torch.nn.functional.cross_entropy(model(images), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses

@@ -1,3 +1,4 @@
+import csv
 import json
 import shutil
 
@@ -91,3 +92,23 @@ def test_data_cache_writes_a_dataset_config_to_train_from(tmp_path, capsys):
     assert "33 written, 0 already up to date, 0 unreadable" in capsys.readouterr().out
     cached = tmp_path / "cache" / "dataset.yaml"
     assert main(["data", "check", str(cached), "--no-progress"]) == 0
+
+
+def test_tradeoff_plot_of_finished_runs(tmp_path, capsys):
+    for method in ("vit", "linear"):
+        assert main(["train", *tiny_overrides(tmp_path, f"model.method={method}", "train.epochs=1",
+                                              f"train.run_name={method}"), "--no-progress"]) == 0
+    capsys.readouterr()
+    runs = [str(tmp_path / "runs" / name) for name in ("vit", "linear")]
+    assert main(["analyze", "tradeoff", *runs, "--out", str(tmp_path / "tradeoff.png")]) == 0
+    with open(tmp_path / "tradeoff.csv", newline="") as handle:
+        rows = {row["method"]: row for row in csv.DictReader(handle)}
+    trainable = {m: json.loads((tmp_path / "runs" / m / "trainable_params.json").read_text())["trainable"]
+                 for m in rows}
+    assert {m: int(rows[m]["trainable_params"]) for m in rows} == trainable
+    assert trainable["linear"] < trainable["vit"]
+    # Same backbone, same forward pass: a linear probe costs what full fine-tuning costs per image.
+    assert rows["linear"]["gflops_per_image"] == rows["vit"]["gflops_per_image"]
+    assert (tmp_path / "tradeoff.png").is_file()
+    assert main(["analyze", "tradeoff", str(tmp_path)]) == 2
+    assert "not a finished run" in capsys.readouterr().err

@@ -140,6 +140,16 @@ def cmd_analyze_cka(args: argparse.Namespace) -> None:
     print(path)
 
 
+def cmd_analyze_tradeoff(args: argparse.Namespace) -> None:
+    from fgir.tools.tradeoff import tradeoff_plot
+
+    costs, path = tradeoff_plot(args.runs, args.out)
+    for cost in costs:
+        print(f"{cost.run}: {cost.method}, top-1 {cost.test_top1:.2f}%, {cost.gflops_per_image:.2f} GFLOPs, "
+              f"{cost.trainable_params:,} trainable")
+    print(path)
+
+
 def cmd_convert_merge_lora(args: argparse.Namespace) -> None:
     from fgir.tools.merge_lora import save_merged_lora
 
@@ -282,6 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="an override for the YAML recipes among the sources (repeatable)")
     p.set_defaults(func=cmd_analyze_cka)
+    p = analyze_verbs.add_parser("tradeoff", help="test top-1 vs GFLOPs of finished runs, bubble area = trainable "
+                                                  "parameters (the ILA paper's PEFT figure)")
+    p.add_argument("runs", nargs="+", help="run directories with test_metrics.json")
+    p.add_argument("--out", default="tradeoff.png", help="the plot (a CSV is written beside it)")
+    p.set_defaults(func=cmd_analyze_tradeoff)
 
     p = verbs.add_parser("convert", help="convert foreign checkpoints to fgir checkpoints")
     convert_verbs = p.add_subparsers(dest="convert_verb", required=True)

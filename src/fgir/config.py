@@ -173,6 +173,8 @@ class TrainConfig:
     warmup_lr: float = 1e-6
     min_lr: float = 1e-5
     label_smoothing: float = 0.0
+    # Per-class loss weights for long-tailed training sets: none | inverse_sqrt | effective_number.
+    class_weights: str = "none"
     grad_clip: float = 1.0  # max gradient norm; 0 disables
     grad_accum_steps: int = 1
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
@@ -209,6 +211,7 @@ CHOICES = {
     "data.test_resize": ("crop", "direct"),
     "data.on_error": ("fail", "skip"),
     "train.optimizer": ("sgd", "adamw"),
+    "train.class_weights": ("none", "inverse_sqrt", "effective_number"),
     "train.precision": ("auto", "fp32", "bf16", "fp16"),
     "model.glsim.similarity": ("cosine", "l1", "l2"),
     "model.glsim.box": ("inclusive", "reference"),

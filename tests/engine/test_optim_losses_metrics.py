@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from fgir.config import TrainConfig
-from fgir.engine.losses import classification_loss
+from fgir.engine.losses import class_weights, classification_loss
 from fgir.engine.metrics import classification_metrics, confusion_matrix, topk_accuracy
 from fgir.engine.optim import build_optimizer, build_scheduler, lr_at
 
@@ -61,3 +61,27 @@ def test_metrics_against_hand_counts():
     assert metrics["mean_class_acc"] == pytest.approx(100 * (1 + 1 / 3) / 2)
     assert metrics["std_class_acc"] == pytest.approx(100 * (1 - 1 / 3) / 2)
     assert metrics["top5"] == 100.0 and metrics["num_samples"] == 4
+
+
+def test_class_weights_by_hand():
+    counts = torch.tensor([100, 25, 4, 0])
+    assert class_weights(counts, "none") is None
+    raw = torch.tensor([1 / 10, 1 / 5, 1 / 2, 1 / 2], dtype=torch.float64)  # the empty class: the largest
+    torch.testing.assert_close(class_weights(counts, "inverse_sqrt"), (raw * 4 / raw.sum()).float())
+    beta = 0.999
+    effective = torch.tensor([(1 - beta) / (1 - beta**n) for n in (100, 25, 4)], dtype=torch.float64)
+    effective = torch.cat([effective, effective.max().reshape(1)])
+    torch.testing.assert_close(class_weights(counts, "effective_number"), (effective * 4 / effective.sum()).float())
+    with pytest.raises(ValueError, match="unknown class weighting 'inverse'"):
+        class_weights(counts, "inverse")
+
+
+def test_weighted_loss_is_the_weighted_mean_for_hard_and_soft_targets():
+    torch.manual_seed(0)
+    logits, labels = torch.randn(5, 3), torch.tensor([0, 1, 2, 2, 0])
+    weight = torch.tensor([0.5, 1.0, 1.5])
+    per_sample = -torch.log_softmax(logits, dim=1)[torch.arange(5), labels]
+    expected = (per_sample * weight[labels]).sum() / weight[labels].sum()
+    torch.testing.assert_close(classification_loss(logits, labels, weight=weight), expected)
+    one_hot = torch.nn.functional.one_hot(labels, 3).float()
+    torch.testing.assert_close(classification_loss(logits, one_hot, weight=weight), expected)

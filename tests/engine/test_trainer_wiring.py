@@ -70,3 +70,18 @@ def test_compile_keeps_checkpoints_and_results(tiny_config, monkeypatch):
     for key in expected:
         torch.testing.assert_close(got[key], expected[key], rtol=1e-4, atol=1e-5, msg=key)
     assert compiled.test_metrics["num_samples"] == 9
+
+
+def test_class_weights_reach_the_loss(tiny_config, monkeypatch):
+    # The tiny synthetic set is balanced: inverse_sqrt weights are all 1 and change nothing ...
+    plain = train(tiny_config("train.run_name=plain", "train.epochs=1"), progress=False)
+    weighted = train(tiny_config("train.run_name=weighted", "train.epochs=1", "train.class_weights=inverse_sqrt"),
+                     progress=False)
+    expected, got = final_state(plain), final_state(weighted)
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], msg=key)
+    # ... while unequal weights change the training.
+    monkeypatch.setattr(trainer, "class_weights", lambda counts, scheme: torch.tensor([3.0, 1.0, 1.0]))
+    skewed = final_state(train(tiny_config("train.run_name=skewed", "train.epochs=1",
+                                           "train.class_weights=inverse_sqrt"), progress=False))
+    assert not torch.allclose(skewed["head.weight"], expected["head.weight"])

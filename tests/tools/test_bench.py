@@ -117,3 +117,12 @@ def test_glsim_report_breaks_out_the_selection_step():
                                                                             (IMAGE, IMAGE))
     assert 0 < selection["selection_time_share"] == pytest.approx(selection["selection_ms"] / selection["encoder_pass_ms"])
     assert "glsim_selection" not in benchmark(tiny_model(), image_size=IMAGE, **QUICK)
+
+
+def test_flops_of_a_method_passing_parameters_between_modules():
+    # VPT hands its prompt parameters to the blocks: FLOP counting must not trip over them.
+    config = ModelConfig(**{**TINY.__dict__, "method": "vpt_shallow", "peft": TINY.peft.__class__(prompt_length=4)})
+    torch.manual_seed(0)
+    vpt = build_model(config, CLASSES, IMAGE, pretrained=False)
+    plain = count_flops(tiny_model(), IMAGE, torch.device("cpu"))
+    assert count_flops(vpt, IMAGE, torch.device("cpu")) > plain  # 4 more tokens in every block

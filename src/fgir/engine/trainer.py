@@ -57,7 +57,7 @@ from fgir.engine.distributed import (
     wrap_model,
 )
 from fgir.engine.evaluator import predict_split
-from fgir.engine.losses import classification_loss
+from fgir.engine.losses import class_weights, classification_loss
 from fgir.engine.metrics import classification_metrics
 from fgir.engine.optim import build_optimizer, build_scheduler
 from fgir.engine.rng import rng_state, seed_everything, set_rng_state
@@ -143,6 +143,7 @@ class TrainContext:
     class_names: list[str]
     progress: bool
     stop: StopSignals
+    loss_weight: torch.Tensor | None = None  # per-class weights (train.class_weights), on the device
     global_step: int = 0
     best_top1: float = -1.0
 
@@ -312,8 +313,11 @@ def _train(config: Config, progress: bool, stop_after_epochs: int | None, device
     scheduler = build_scheduler(optimizer, steps_per_epoch * config.train.epochs, config.train)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
+    counts = torch.bincount(torch.as_tensor(train_set.labels), minlength=num_classes)
+    weight = class_weights(counts, config.train.class_weights)
     ctx = TrainContext(config, model, net, train_loader, optimizer, scheduler, scaler, batch_mix, device, dtype, ddp,
-                       RunLog(run_dir, config, writes=ddp.is_main), run_dir, class_names, progress, StopSignals())
+                       RunLog(run_dir, config, writes=ddp.is_main), run_dir, class_names, progress, StopSignals(),
+                       None if weight is None else weight.to(device))
     start_epoch, epoch_state, resume_rng = 0, EpochState(), None
     if config.train.resume:
         start_epoch, epoch_state, resume_rng = resume(ctx)
@@ -510,7 +514,7 @@ def forward_backward(ctx: TrainContext, images: torch.Tensor, labels: torch.Tens
             images, targets = ctx.batch_mix(images, targets)
         with autocast(ctx.device, ctx.dtype):
             logits = ctx.model(images)
-        loss = classification_loss(logits.float(), targets, ctx.config.train.label_smoothing)
+        loss = classification_loss(logits.float(), targets, ctx.config.train.label_smoothing, ctx.loss_weight)
         auxiliary = auxiliary_loss(ctx.net)
         if auxiliary is not None:
             loss = loss + auxiliary.float()

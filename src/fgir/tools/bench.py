@@ -155,7 +155,9 @@ def count_flops(model: nn.Module, image_size: int, device: torch.device) -> int:
     """
     image = torch.randn(1, 3, image_size, image_size, device=device)
     counter = FlopCounterMode(display=False)
-    with torch.inference_mode(), sdpa_kernel(SDPBackend.MATH), counter:
+    # Grad mode stays on: FlopCounterMode's module tracker hooks every tensor that requires grad, and
+    # fails on a parameter passed between modules (VPT's prompts) when no graph is being built.
+    with sdpa_kernel(SDPBackend.MATH), counter:
         model.eval()(image)
     return counter.get_total_flops()
 
@@ -169,11 +171,12 @@ def _forward(model: nn.Module, images: torch.Tensor, device: torch.device, dtype
 def training_step(model: nn.Module, images: torch.Tensor, num_classes: int, device: torch.device,
                   dtype: torch.dtype | None) -> Callable[[], None] | None:
     """Forward + backward + SGD step on random labels, or None when no parameter is trainable.
-    The learning rate is 0: the step does all the usual work but leaves the weights as they were."""
+    SGD with momentum, as the recipes train, so its buffers count in the peak memory; the learning
+    rate is 0: the step does all the usual work but leaves the weights as they were."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
         return None
-    optimizer = torch.optim.SGD(trainable, lr=0.0)
+    optimizer = torch.optim.SGD(trainable, lr=0.0, momentum=0.9)
     labels = torch.randint(0, num_classes, (len(images),), device=device)
 
     def step() -> None:

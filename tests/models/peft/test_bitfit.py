@@ -3,9 +3,8 @@ L * 11 D + 2 D for a ViT with MLP ratio 4, and a few steps lower the loss."""
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from conftest import TINY_VIT, tiny_backbone
+from conftest import TINY_VIT, fit_steps, tinted_batch, tiny_backbone
 from fgir.config import ModelConfig, PeftConfig, load_config
 from fgir.models.backbone import Backbone
 from fgir.models.factory import build_model
@@ -45,14 +44,7 @@ def test_factory_builds_bitfit_and_a_few_steps_lower_the_loss():
     assert isinstance(model, FrozenClassifier) and model.backbone.vit.blocks[0].attn.qkv.bias.requires_grad
     torch.manual_seed(0)
     model = bitfit().train()
-    labels = torch.arange(6) % 3
-    images = torch.randn(6, 3, 32, 32) + F.one_hot(labels, 3).float()[:, :, None, None]
+    images, labels = tinted_batch()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.05)
-    losses = []
-    for _ in range(10):
-        loss = F.cross_entropy(model(images), labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = fit_steps(model, images, labels, 10, optimizer)
     assert losses[-1] < 0.85 * losses[0]

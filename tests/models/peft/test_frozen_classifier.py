@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from conftest import tiny_backbone
+from conftest import fit_steps, tiny_backbone
 from fgir.config import ModelConfig, PeftConfig
 from fgir.models.factory import METHODS
 from fgir.models.peft.frozen_classifier import FrozenClassifier
@@ -120,13 +120,7 @@ def test_a_few_steps_lower_the_loss_and_reach_every_trainable_parameter(method):
     trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
     optimizer = torch.optim.SGD(trainable.values(), lr=0.05, momentum=0.9)
     images, labels = batch(6)
-    losses = []
-    for _ in range(6):
-        loss = F.cross_entropy(model(images), labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = fit_steps(model, images, labels, 6, optimizer)
     assert losses[-1] < losses[0]
     # Zero-initialised up-projections and head: gradients reach the modules behind them step by step.
     assert [name for name, p in trainable.items() if not p.grad.abs().sum() > 0] == []

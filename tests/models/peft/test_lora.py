@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from peft.tuners.lora import LoraLayer
 from torch import nn
 
-from conftest import TINY_VIT, tiny_backbone
+from conftest import TINY_VIT, fit_steps, tinted_batch, tiny_backbone
 from fgir.config import ConfigError, ModelConfig, PeftConfig, load_config
 from fgir.engine.checkpoint import restore_model, save_checkpoint
 from fgir.errors import FgirError
@@ -107,16 +107,9 @@ def test_factory_builds_lora_and_a_few_steps_lower_the_loss():
     assert isinstance(build_model(config.model, 3, 32), LoRAViT)
     torch.manual_seed(0)
     model = lora(perturb=False).train()
-    labels = torch.arange(6) % 3
-    images = torch.randn(6, 3, 32, 32) + F.one_hot(labels, 3).float()[:, :, None, None]
+    images, labels = tinted_batch()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.05)
-    losses = []
-    for _ in range(10):
-        loss = F.cross_entropy(model(images), labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = fit_steps(model, images, labels, 10, optimizer)
     assert losses[-1] < 0.85 * losses[0]
 
 
