@@ -19,7 +19,6 @@ import torch
 from fgir.app.limits import open_upload
 from fgir.config import DataConfig
 from fgir.data import build_dataset
-from fgir.engine.checkpoint import load_checkpoint
 from fgir.errors import FgirError
 from fgir.models.backbone import Backbone
 from fgir.models.glsim import GLSim
@@ -52,9 +51,8 @@ class Recognizer:
                         unknown_below: float | None = None) -> Recognizer:
         """Class names (and a calibrated temperature) come from the checkpoint; examples only if
         its dataset is on disk. Below `unknown_below`, the answer is "unknown"."""
-        data = load_checkpoint(path).config.data
         predictor = Predictor.from_checkpoint(path, device=device, unknown_below=unknown_below)
-        return cls(predictor, data, example_images(data))
+        return cls(predictor, predictor.data, example_images(predictor.data))
 
     @property
     def is_glsim(self) -> bool:

@@ -67,6 +67,7 @@ class Predictor:
             raise PredictorError(f"unknown_below is a probability in [0, 1], got {unknown_below}")
         self.model = model.eval()
         self.class_names = list(class_names)
+        self.data = data  # the checkpoint's data section: image size, normalisation, dataset location
         self.transform: Callable[[Image.Image], torch.Tensor] = build_transform(data, train=False)
         self.device = device
         self.dtype = dtype
