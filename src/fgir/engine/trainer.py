@@ -57,6 +57,7 @@ from fgir.engine.distributed import (
     wrap_model,
 )
 from fgir.engine.evaluator import predict_split
+from fgir.engine.longtail import class_frequencies
 from fgir.engine.losses import class_weights, classification_loss
 from fgir.engine.metrics import classification_metrics
 from fgir.engine.optim import build_optimizer, build_scheduler
@@ -313,8 +314,7 @@ def _train(config: Config, progress: bool, stop_after_epochs: int | None, device
     scheduler = build_scheduler(optimizer, steps_per_epoch * config.train.epochs, config.train)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
-    counts = torch.bincount(torch.as_tensor(train_set.labels), minlength=num_classes)
-    weight = class_weights(counts, config.train.class_weights)
+    weight = class_weights(class_frequencies(train_set.labels, num_classes), config.train.class_weights)
     ctx = TrainContext(config, model, net, train_loader, optimizer, scheduler, scaler, batch_mix, device, dtype, ddp,
                        RunLog(run_dir, config, writes=ddp.is_main), run_dir, class_names, progress, StopSignals(),
                        None if weight is None else weight.to(device))
