@@ -20,7 +20,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from fgir.config import Config, ConfigError, DataConfig, to_dict
-from fgir.data.datasets import SPLITS, build_dataset
+from fgir.data.datasets import SPLITS, build_dataset, image_root
 from fgir.data.images import ImageReadError, read_image
 from fgir.data.transforms import resize_size
 from fgir.fileio import atomic_path, atomic_write_text
@@ -35,13 +35,6 @@ class CacheResult:
     written: int = 0
     up_to_date: int = 0
     failed: list[str] = field(default_factory=list)  # one message per unreadable image, naming it
-
-
-def image_root(data: DataConfig, split_name: str) -> Path:
-    """The folder the split's image paths are relative to (as build_dataset resolves them)."""
-    if data.format == "folder":
-        return Path(data.root) / split_name
-    return Path(data.root) / data.image_dir
 
 
 def cache_dataset(data: DataConfig, out_dir: str | os.PathLike, *, short_side: int | None = None,

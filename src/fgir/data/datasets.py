@@ -174,8 +174,8 @@ def build_dataset(data: DataConfig, split: str, transform: Callable[[Any], Any] 
     location = root / split_name
     if not location.exists():
         raise ConfigError(f"data.{split}: split file or folder not found: {location}")
-    rows, image_root = _read_split(data, location, num_classes, names)
-    base = os.path.abspath(image_root)
+    rows = _read_split(data, location, num_classes, names)
+    base = os.path.abspath(image_root(data, split_name))
     paths = [os.path.join(base, relative) for relative in rows.paths]
     # Train and test transforms start with a square resize no larger than resize_size(data).
     decode_size = resize_size(data) if data.fast_decode else None
@@ -183,14 +183,19 @@ def build_dataset(data: DataConfig, split: str, transform: Callable[[Any], Any] 
                             decode_size=decode_size)
 
 
-def _read_split(
-    data: DataConfig, location: Path, num_classes: int, names: list[str]
-) -> tuple[SplitRows, Path]:
-    if data.format == "csv":
-        return read_split_csv(location, num_classes), Path(data.root) / data.image_dir
-    if data.format == "labels":
-        return read_label_file(location, num_classes), Path(data.root) / data.image_dir
+def image_root(data: DataConfig, split_name: str) -> Path:
+    """The folder a split's image paths are relative to: `data.root/data.image_dir`, or for the
+    folder format the split's own folder."""
     if data.format == "folder":
-        rows, _ = scan_class_folders(location, names)
-        return rows, location
+        return Path(data.root) / split_name
+    return Path(data.root) / data.image_dir
+
+
+def _read_split(data: DataConfig, location: Path, num_classes: int, names: list[str]) -> SplitRows:
+    if data.format == "csv":
+        return read_split_csv(location, num_classes)
+    if data.format == "labels":
+        return read_label_file(location, num_classes)
+    if data.format == "folder":
+        return scan_class_folders(location, names)[0]
     raise ConfigError(f"data.format must be one of csv, labels, folder, synthetic; got '{data.format}'")
