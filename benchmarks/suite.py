@@ -3,11 +3,14 @@
     .venv/bin/python benchmarks/suite.py --out benchmarks/results            # everything (long on a CPU)
     .venv/bin/python benchmarks/suite.py --quick --out /tmp/bench            # small ViT, a minute or two
     .venv/bin/python benchmarks/suite.py --parts peak decode --out /tmp/bench
+    .venv/bin/python benchmarks/suite.py --parts pipeline --photos ~/data/nabirds/images --out /tmp/bench
 
 Parts (each writes its own table; results.json, results.md and plots go to --out):
   peak      matmul peak of this machine (GFLOP/s, float32, and bfloat16 where supported)
   decode    JPEG decode rate per core at typical image sizes, full vs reduced-scale (draft) decoding
-  pipeline  decode + training augmentation per core, full vs draft, against ViT-S/16's training step
+  pipeline  decode + training augmentation per core: naive (full decode, PIL augmentation) vs full
+            decode, draft decode and the `fgir data cache` copy with tensor augmentation, against
+            ViT-S/16's training step; with --photos DIR, also on your own JPEGs (first --photos-limit)
   models    every registered method on one backbone: FLOPs, inference and training throughput,
             batch-1 latency, peak memory, fraction of the matmul-peak bound, time vs the plain ViT
   growth    cost growth with image size: GLS selection vs attention-rollout selection vs the encoder
@@ -29,6 +32,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
 
@@ -39,6 +43,8 @@ from PIL import Image
 
 from fgir.config import DataConfig, ModelConfig
 from fgir.data import build_dataset, build_loader, build_transform, read_image
+from fgir.data.cache import _cache_one
+from fgir.data.transforms import resize_size
 from fgir.fileio import atomic_write_text
 from fgir.models.backbone import Backbone
 from fgir.models.factory import METHODS, build_model
@@ -50,6 +56,10 @@ from fgir.tools.plots import save_figure
 # Typical image sizes of the dataset families (width, height).
 IMAGE_FAMILIES = {"anime crop (DAF:re faces)": (256, 256), "CUB-like photo": (500, 375),
                   "iNat/NABirds-like photo": (1200, 900)}
+# The (family, size) rows of the decode and pipeline tables: 1000+ px photos at several sizes, since
+# draft decoding for 300 px gains more on some (1/2 scale for 1200x900, 1/4 for 1600x1200 and 2048x1536).
+DECODE_IMAGES = [*IMAGE_FAMILIES.items(), ("iNat/NABirds-like photo", (1600, 1200)),
+                 ("iNat/NABirds-like photo", (2048, 1536))]
 
 
 def call_times(run: Callable[[], object], repeats: int) -> list[float]:
@@ -102,48 +112,109 @@ def photo_like_jpeg(size: tuple[int, int], seed: int = 0) -> bytes:
     return buffer.getvalue()
 
 
+def synthetic_jpeg(folder: Path, size: tuple[int, int]) -> Path:
+    """`folder/WxH.jpg`, a photo-like JPEG of `size`, written on first use."""
+    path = folder / f"{size[0]}x{size[1]}.jpg"
+    if not path.exists():
+        path.write_bytes(photo_like_jpeg(size))
+    return path
+
+
 def decode_rates(folder: Path, quick: bool, target: int = 300) -> list[dict]:
     """Images per second (one thread) decoding each family's JPEG fully, and in draft mode for a
     `target` px square (the 224 recipe's resize size)."""
     rows = []
     repeats = 5 if quick else 20
-    for family, size in IMAGE_FAMILIES.items():
-        path = folder / f"{size[0]}x{size[1]}.jpg"
-        path.write_bytes(photo_like_jpeg(size))
+    for family, size in DECODE_IMAGES:
+        path = synthetic_jpeg(folder, size)
         full = median_of(lambda path=path: read_image(path), repeats)
         draft = median_of(lambda path=path: read_image(path, min_size=(target, target)), repeats)
-        rows.append({"family": family, "size": f"{size[0]}x{size[1]}", "full_img_per_s": 1 / full,
-                     "draft_img_per_s": 1 / draft, "draft_speedup": full / draft})
+        drafted = read_image(path, min_size=(target, target)).size
+        rows.append({"family": family, "size": f"{size[0]}x{size[1]}", "draft_size": f"{drafted[0]}x{drafted[1]}",
+                     "full_img_per_s": 1 / full, "draft_img_per_s": 1 / draft, "draft_speedup": full / draft})
     return rows
+
+
+# Decode + augmentation, from what a plain torchvision pipeline does to what fgir does by default.
+PIPELINES = {
+    "naive": "full decode + transform_backend=pil",
+    "full_tensor": "full decode + tensor backend",
+    "draft_tensor": "draft decode + tensor backend (fgir's default)",
+    "cached_tensor": "`fgir data cache` copy + tensor backend",
+}
+
+
+def pipeline_seconds(paths: list[Path], cache_folder: Path, repeats: int) -> dict[str, float]:
+    """Mean seconds per image (one thread) of decoding `paths` and applying the weak 224 training
+    augmentation, for each of PIPELINES. The cached copies are written into `cache_folder` by the
+    code of `fgir data cache` (short side 300, JPEG q95)."""
+    data = DataConfig(image_size=224, augment="weak")
+    target = resize_size(data)
+    pil, tensor = (build_transform(replace(data, transform_backend=backend), train=True) for backend in ("pil", "tensor"))
+    cache_folder.mkdir(parents=True, exist_ok=True)
+    pairs = [(path, cache_folder / f"{i}{path.suffix}") for i, path in enumerate(paths)]
+    for path, copy in pairs:
+        outcome = _cache_one(str(path), str(copy), target)
+        if outcome not in ("written", "up to date"):
+            raise SystemExit(outcome)
+    ways = {
+        "naive": lambda path, copy: pil(read_image(path)),
+        "full_tensor": lambda path, copy: tensor(read_image(path)),
+        "draft_tensor": lambda path, copy: tensor(read_image(path, min_size=(target, target))),
+        "cached_tensor": lambda path, copy: tensor(read_image(copy)),
+    }
+    return {name: median_of(lambda way=way: [way(path, copy) for path, copy in pairs], repeats) / len(pairs)
+            for name, way in ways.items()}
+
+
+def pipeline_row(seconds: dict[str, float], vit_s_train_img_per_s_per_core: float | None) -> dict:
+    """img/s of each pipeline, its speed-up over the naive one, and fgir's default against ViT-S's step."""
+    row = {f"{name}_img_per_s": 1 / seconds[name] for name in PIPELINES}
+    row.update({f"{name}_speedup": seconds["naive"] / seconds[name] for name in PIPELINES if name != "naive"})
+    if vit_s_train_img_per_s_per_core:
+        row["x_vit_s16_train_step_per_core"] = (1 / seconds["draft_tensor"]) / vit_s_train_img_per_s_per_core
+    return row
 
 
 def pipeline_rates(folder: Path, quick: bool, vit_s_train_img_per_s_per_core: float | None) -> list[dict]:
-    """Decode + weak training augmentation at 224 px per core (one thread): full decoding, draft
-    decoding, and reading the pre-resized copy `fgir data cache` writes (short side 300, JPEG q95)."""
-    data = DataConfig(image_size=224, augment="weak")
-    transform = build_transform(data, train=True)
-    target = round(data.resize_ratio * data.image_size)
+    """Decode + weak training augmentation at 224 px per core (one thread), each PIPELINES way, on
+    each synthetic family image."""
     repeats = 5 if quick else 20
     rows = []
-    for family, size in IMAGE_FAMILIES.items():
-        path = folder / f"{size[0]}x{size[1]}.jpg"
-        if not path.exists():
-            path.write_bytes(photo_like_jpeg(size))
-        cached = folder / f"cached-{size[0]}x{size[1]}.jpg"
-        image = read_image(path)
-        scale = min(1.0, target / min(image.size))
-        image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.BICUBIC).save(
-            cached, quality=95)
-        full = median_of(lambda path=path: transform(read_image(path)), repeats)
-        draft = median_of(lambda path=path: transform(read_image(path, min_size=(target, target))), repeats)
-        from_cache = median_of(lambda cached=cached: transform(read_image(cached)), repeats)
-        row = {"family": family, "size": f"{size[0]}x{size[1]}", "full_img_per_s": 1 / full,
-               "draft_img_per_s": 1 / draft, "draft_speedup": full / draft, "cached_img_per_s": 1 / from_cache,
-               "cached_speedup": full / from_cache}
-        if vit_s_train_img_per_s_per_core:
-            row["x_vit_s16_train_step_per_core"] = (1 / draft) / vit_s_train_img_per_s_per_core
-        rows.append(row)
+    for family, size in DECODE_IMAGES:
+        path = synthetic_jpeg(folder, size)
+        seconds = pipeline_seconds([path], folder / f"cached-{size[0]}x{size[1]}", repeats)
+        rows.append({"family": family, "size": f"{size[0]}x{size[1]}",
+                     **pipeline_row(seconds, vit_s_train_img_per_s_per_core)})
     return rows
+
+
+def photo_files(folder: Path, limit: int) -> list[Path]:
+    """The first `limit` JPEG files under `folder` (recursive, in path order)."""
+    paths = sorted(path for path in folder.rglob("*") if path.suffix.lower() in (".jpg", ".jpeg") and path.is_file())
+    if not paths:
+        raise SystemExit(f"--photos {folder}: no .jpg or .jpeg files found")
+    return paths[:limit]
+
+
+def photo_rates(photos: Path, limit: int, scratch: Path, quick: bool,
+                vit_s_train_img_per_s_per_core: float | None) -> tuple[dict, list[dict]]:
+    """The pipeline measurement on your own JPEGs: one summary row (files, median size and bits per
+    pixel, mean per-image rates) and one row per file (size, bits per pixel)."""
+    paths = photo_files(photos, limit)
+    files = []
+    for path in paths:
+        with Image.open(path) as image:
+            width, height = image.size
+        files.append({"file": str(path.relative_to(photos)), "size": f"{width}x{height}", "pixels": width * height,
+                      "kb": path.stat().st_size / 1024, "bpp": 8 * path.stat().st_size / (width * height)})
+    by_pixels = sorted(files, key=lambda row: row["pixels"])
+    seconds = pipeline_seconds(paths, scratch / "photo-cache", 1 if quick else 3)
+    summary = {"folder": str(photos), "files": len(files), "median_size": by_pixels[len(files) // 2]["size"],
+               "median_bpp": statistics.median(row["bpp"] for row in files),
+               "median_kb": statistics.median(row["kb"] for row in files),
+               **pipeline_row(seconds, vit_s_train_img_per_s_per_core)}
+    return summary, files
 
 
 # --- models -----------------------------------------------------------------------------------
@@ -305,6 +376,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed batches before each measurement")
     parser.add_argument("--iters", type=int, default=3, help="timed batches per measurement")
     parser.add_argument("--eval-images", type=int, default=1000)
+    parser.add_argument("--photos", type=Path, default=None,
+                        help="folder of your own JPEGs: the pipeline part also measures them (mean per image)")
+    parser.add_argument("--photos-limit", type=int, default=50, help="how many of the --photos files (first in path order)")
     args = parser.parse_args()
     backbone = args.backbone or ("vit_tiny_patch16_224" if args.quick else "vit_base_patch16_224")
     out = Path(args.out)
@@ -325,6 +399,9 @@ def main() -> None:
             per_core = vit_s["train_img_per_s"] / torch.get_num_threads()
             results["vit_s16_train_img_per_s"] = vit_s["train_img_per_s"]
             results["pipeline"] = pipeline_rates(folder, args.quick, per_core)
+            if args.photos:
+                summary, files = photo_rates(args.photos, args.photos_limit, folder, args.quick, per_core)
+                results["photos"], results["photo_files"] = [summary], files
         if "models" in args.parts:
             methods = args.methods or list(METHODS)
             methods = ["vit", *[m for m in methods if m != "vit"]]
@@ -341,9 +418,10 @@ def main() -> None:
     for key in ("peak", "eval"):
         if key in results:
             sections.append(f"## {key}\n\n" + markdown_table([results[key]]))
-    for key in ("decode", "pipeline", "models", "growth"):
+    legend = "; ".join(f"{name}: {meaning}" for name, meaning in PIPELINES.items()) + "\n\n"
+    for key in ("decode", "pipeline", "photos", "models", "growth"):
         if key in results:
-            sections.append(f"## {key}\n\n" + markdown_table(results[key]))
+            sections.append(f"## {key}\n\n" + (legend if key in ("pipeline", "photos") else "") + markdown_table(results[key]))
     atomic_write_text(out / "results.json", json.dumps(results, indent=1) + "\n")
     atomic_write_text(out / "results.md", "\n".join(sections))
     print("\n".join(sections))

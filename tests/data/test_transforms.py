@@ -6,8 +6,8 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from fgir.config import ConfigError, DataConfig
-from fgir.data.transforms import build_batch_mix, build_transform, resize_size
+from fgir.config import ConfigError, DataConfig, load_config
+from fgir.data.transforms import NormalizeUint8, build_batch_mix, build_transform, resize_size
 
 MEAN, STD = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
 
@@ -27,10 +27,19 @@ def test_resize_size_follows_the_recipe():
     assert resize_size(DataConfig(image_size=448, resize_ratio=1.34)) == 600
 
 
-def test_test_transform_is_centre_crop_then_normalise():
+def photo_like_image(height: int, width: int, seed: int = 0) -> Image.Image:
+    """Smooth shapes plus sensor-like noise: resampling rounding shows here as it would on a photo."""
+    y, x = np.mgrid[0:height, 0:width]
+    base = np.stack([127 + 100 * np.sin(x / (7 + 3 * c) + y / (9 + 2 * c) + c) for c in range(3)], axis=-1)
+    noise = np.random.default_rng(seed).normal(0, 12, base.shape)
+    return Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8))
+
+
+@pytest.mark.parametrize("backend", ["tensor", "pil"])
+def test_test_transform_is_centre_crop_then_normalise(backend):
     # An 8x8 image is already the resize size, so the result is a plain slice of its pixels.
     image = random_image(8, 8)
-    out = build_transform(data_config(), train=False)(image)
+    out = build_transform(data_config(transform_backend=backend), train=False)(image)
     expected = (np.asarray(image)[2:6, 2:6] / 255 - MEAN) / STD
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, torch.tensor(expected.transpose(2, 0, 1), dtype=torch.float32))
@@ -48,9 +57,11 @@ def test_test_transform_squashes_aspect_and_is_deterministic():
     torch.testing.assert_close(transform(Image.fromarray(pixels)), out, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("backend", ["tensor", "pil"])
 @pytest.mark.parametrize("augment", ["weak", "medium", "strong"])
-def test_train_transform_output_and_randomness(augment):
-    transform = build_transform(data_config(image_size=16, resize_ratio=1.5, augment=augment), train=True)
+def test_train_transform_output_and_randomness(augment, backend):
+    data = data_config(image_size=16, resize_ratio=1.5, augment=augment, transform_backend=backend)
+    transform = build_transform(data, train=True)
     image = random_image(30, 20)
     torch.manual_seed(0)
     first = transform(image)
@@ -70,6 +81,85 @@ def test_weak_train_crop_is_a_window_of_the_resized_image():
     for _ in range(10):
         out = transform(image)
         assert any(torch.allclose(out, w) for w in windows)
+
+
+def test_fused_normalisation_equals_to_dtype_then_normalise():
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    image = torch.randint(0, 256, (3, 17, 13), dtype=torch.uint8)
+    reference = v2.Normalize(mean, std)(v2.ToDtype(torch.float32, scale=True)(image))
+    fused = NormalizeUint8(mean, std)(image)
+    assert fused.dtype == torch.float32
+    torch.testing.assert_close(fused, reference, rtol=0, atol=1e-6)
+
+
+def test_default_backend_is_tensor():
+    assert DataConfig().transform_backend == "tensor"
+    steps = build_transform(data_config(), train=True).transforms
+    assert isinstance(steps[0], v2.PILToTensor) and isinstance(steps[-1], NormalizeUint8)
+    assert not any(isinstance(step, (v2.ToImage, v2.ToDtype, v2.Normalize)) for step in steps)
+
+
+def backend_outputs(data: DataConfig, train: bool, image: Image.Image, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same image through the tensor and the pil backend, each after torch.manual_seed(seed)."""
+    outputs = []
+    for backend in ("tensor", "pil"):
+        transform = build_transform(dataclasses.replace(data, transform_backend=backend), train=train)
+        torch.manual_seed(seed)
+        outputs.append(transform(image))
+    return outputs[0], outputs[1]
+
+
+# One grey level, in normalised units: torch's uint8 resize and Pillow's round differently at most by this.
+GREY_LEVEL = 1.01 / 255 / min(STD)
+
+
+@pytest.mark.parametrize("test_resize", ["crop", "direct"])
+def test_test_transform_of_both_backends_agrees_to_a_grey_level(test_resize):
+    data = data_config(image_size=48, resize_ratio=1.34, test_resize=test_resize)
+    tensor_out, pil_out = backend_outputs(data, False, photo_like_image(150, 200), seed=0)
+    assert tensor_out.shape == pil_out.shape == (3, 48, 48)
+    difference = (tensor_out - pil_out).abs()
+    assert difference.max() <= GREY_LEVEL and difference.mean() <= GREY_LEVEL / 4
+
+
+@pytest.mark.parametrize("augment", ["weak", "medium"])
+def test_train_backends_draw_the_same_crop_and_flip_under_a_seed(augment):
+    # Same random numbers in the same order: the same crop window, flip, TrivialAugment op and
+    # erasing box. Some TrivialAugment ops turn a one-grey-level difference into more (posterize and
+    # solarize thresholds, contrast and colour factors above 1) on a few pixels; another crop would
+    # differ by tens of grey levels everywhere.
+    data = data_config(image_size=32, resize_ratio=1.5, augment=augment)
+    image = photo_like_image(60, 80)
+    for seed in range(12):
+        tensor_out, pil_out = backend_outputs(data, True, image, seed)
+        difference = (tensor_out - pil_out).abs()
+        if augment == "weak":
+            assert difference.max() <= GREY_LEVEL
+        assert (difference > GREY_LEVEL).float().mean() <= 0.05
+        assert difference.mean() <= 2 * GREY_LEVEL
+    another_draw = backend_outputs(data, True, image, seed=100)[0]
+    assert (another_draw - backend_outputs(data, True, image, seed=0)[1]).abs().mean() > 10 * GREY_LEVEL
+
+
+@pytest.mark.parametrize("augment", ["weak", "medium"])
+def test_colour_jitter_draws_the_same_factors_in_both_backends(augment):
+    # The jitter factors and order come from the same random numbers, but the hue arithmetic
+    # differs (Pillow shifts hue in 8-bit HSV, torch in float), so pixels agree only on average.
+    data = data_config(image_size=32, resize_ratio=1.5, augment=augment, color_jitter=0.1)
+    image = photo_like_image(60, 80)
+    for seed in range(12):
+        tensor_out, pil_out = backend_outputs(data, True, image, seed)
+        plain_pil = backend_outputs(dataclasses.replace(data, color_jitter=0.0), True, image, seed)[1]
+        assert tensor_out.shape == pil_out.shape == (3, 32, 32) and tensor_out.dtype == torch.float32
+        assert (tensor_out - pil_out).abs().mean() <= 2 * GREY_LEVEL
+        assert not torch.allclose(pil_out, plain_pil)  # the jitter did change the colours
+
+
+def test_unknown_backend_is_refused():
+    with pytest.raises(ConfigError, match="data.transform_backend must be one of tensor, pil, got 'numpy'"):
+        build_transform(data_config(transform_backend="numpy"), train=False)
+    with pytest.raises(ConfigError, match="config key 'data.transform_backend' must be one of tensor, pil"):
+        load_config(None, ["data.transform_backend=pillow"])
 
 
 def test_unknown_preset_is_refused():
