@@ -220,7 +220,7 @@ def photo_rates(photos: Path, limit: int, scratch: Path, quick: bool,
 # --- models -----------------------------------------------------------------------------------
 
 def model_rows(backbone: str, image_sizes: list[int], methods: list[str], batch_size: int, warmup: int, iters: int,
-               peak_gflops: float | None) -> list[dict]:
+               peak_gflops: float | None, compile: bool = False) -> list[dict]:
     rows = []
     for image_size in image_sizes:
         plain_time = None
@@ -231,7 +231,8 @@ def model_rows(backbone: str, image_sizes: list[int], methods: list[str], batch_
                 # model left to the allocator.
                 with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
                     report = pool.submit(benchmark, config, num_classes=200, image_size=image_size, device="cpu",
-                                         batch_size=batch_size, warmup=warmup, iters=iters).result()
+                                         batch_size=batch_size, warmup=warmup, iters=iters,
+                                         compile=compile).result()
             except Exception as error:  # noqa: BLE001 - one broken method must not hide the others
                 print(f"  {method} at {image_size}: failed: {error}", file=sys.stderr)
                 rows.append({"method": method, "image_size": image_size, "error": str(error)})
@@ -375,6 +376,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=2, help="untimed batches before each measurement")
     parser.add_argument("--iters", type=int, default=3, help="timed batches per measurement")
+    parser.add_argument("--compile", action="store_true",
+                        help="model table: torch.compile with frozen weights (the warm-up batches compile)")
     parser.add_argument("--eval-images", type=int, default=1000)
     parser.add_argument("--photos", type=Path, default=None,
                         help="folder of your own JPEGs: the pipeline part also measures them (mean per image)")
@@ -403,10 +406,11 @@ def main() -> None:
                 summary, files = photo_rates(args.photos, args.photos_limit, folder, args.quick, per_core)
                 results["photos"], results["photo_files"] = [summary], files
         if "models" in args.parts:
+            results["models_compiled"] = args.compile
             methods = args.methods or list(METHODS)
             methods = ["vit", *[m for m in methods if m != "vit"]]
             results["models"] = model_rows(backbone, args.sizes or [224], methods, args.batch_size, args.warmup,
-                                           args.iters, peak)
+                                           args.iters, peak, args.compile)
         if "growth" in args.parts:
             sizes = [224, 320] if args.quick else [224, 320, 448, 640]
             results["growth"] = growth_rows(backbone, sizes, args.quick)
@@ -414,7 +418,8 @@ def main() -> None:
         if "eval" in args.parts:
             results["eval"] = eval_wait(folder, args.eval_images, "vit_small_patch16_224", 64)
     sections = [f"# Benchmark suite: {results['machine']}, {results['cores']} cores, torch {results['torch']}, "
-                f"{results['date']}\n", f"backbone for the model table: {backbone}\n"]
+                f"{results['date']}\n", f"backbone for the model table: {backbone}"
+                f"{' (torch.compile, frozen weights)' if args.compile else ''}\n"]
     for key in ("peak", "eval"):
         if key in results:
             sections.append(f"## {key}\n\n" + markdown_table([results[key]]))

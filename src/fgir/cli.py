@@ -12,6 +12,8 @@ from fgir.config import load_config
 from fgir.errors import FgirError
 
 USAGE_OVERRIDES = "config overrides as dotted key=value pairs, e.g. train.lr=0.01 data.image_size=448"
+COMPILE_HELP = ("torch.compile the model with its weights frozen into the graph (inductor; falls back to "
+                "eager with a warning); the first batch of each size compiles")
 
 
 def _split_config_and_overrides(items: list[str]) -> tuple[str | None, list[str]]:
@@ -39,7 +41,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
     report = evaluate_checkpoint(args.checkpoint, split=args.split, data_overrides=args.overrides,
                                  out_dir=args.out, device=args.device, precision=args.precision,
-                                 batch_size=args.batch_size, progress=not args.no_progress)
+                                 batch_size=args.batch_size, progress=not args.no_progress, compile=args.compile)
     print(json.dumps(report, indent=1))
 
 
@@ -56,7 +58,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from fgir.tools.predictor import Predictor, format_predictions
 
     predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, batch_size=args.batch_size,
-                                          unknown_below=args.unknown_below)
+                                          unknown_below=args.unknown_below, compile=args.compile)
     predictions = predictor.predict(args.images, topk=args.topk)
     print(format_predictions(predictions, as_json=args.json))
 
@@ -79,7 +81,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
     from fgir.tools.bench import benchmark_target
 
     result = benchmark_target(args.target, args.overrides, device=args.device, batch_size=args.batch_size,
-                              precision=args.precision, warmup=args.warmup, iters=args.iters)
+                              precision=args.precision, warmup=args.warmup, iters=args.iters,
+                              compile=args.compile)
     text = json.dumps(result, indent=1)
     if args.out:
         from fgir.fileio import atomic_write_text
@@ -183,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
+    p.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_eval, trailing="overrides")
 
@@ -193,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="JSON instead of a table")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     p.add_argument("--unknown-below", type=float, metavar="P",
                    help="answer 'unknown' when the top class's probability (after the checkpoint's fitted "
                         "temperature, see fgir calibrate) is below P, e.g. 0.5; the top-k list is kept")
@@ -235,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
     p.add_argument("--warmup", type=int, default=2, help="untimed iterations first")
     p.add_argument("--iters", type=int, default=5, help="timed iterations")
+    p.add_argument("--compile", action="store_true", help=COMPILE_HELP + "; the warm-up iterations pay for it")
     p.add_argument("--out", help="also write the JSON here")
     p.set_defaults(func=cmd_bench, trailing="overrides")
 

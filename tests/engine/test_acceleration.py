@@ -1,9 +1,10 @@
 import pytest
+import timm
 import torch
 from torch._dynamo import register_backend
 
 from conftest import tiny_backbone
-from fgir.engine.acceleration import compile_model, set_grad_checkpointing
+from fgir.engine.acceleration import compile_model, set_grad_checkpointing, use_channels_last
 from fgir.models.classifier import ViTClassifier
 
 
@@ -42,6 +43,32 @@ def test_compiler_failure_warns_once_and_runs_eagerly():
     assert model._compiled_call_impl is None  # no second attempt, no second warning
 
 
+def tiny_resnet() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return timm.create_model("resnet18", num_classes=3, layers=[1, 1, 1, 1], channels=[8, 16, 32, 64], stem_width=8)
+
+
+def test_channels_last_keeps_outputs_gradients_and_state_dict():
+    plain, nhwc = tiny_resnet(), tiny_resnet()
+    use_channels_last(nhwc)
+    assert nhwc.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not plain.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    seen = []
+    nhwc.conv1.register_forward_pre_hook(lambda module, args: seen.append(args[0].is_contiguous(
+        memory_format=torch.channels_last)))
+    images = torch.randn(2, 3, 32, 32)  # an ordinary NCHW batch: the model converts it
+    for model in (plain, nhwc):
+        model.train()(images).square().sum().backward()
+    assert seen == [True]
+    for (name, a), b in zip(plain.named_parameters(), nhwc.parameters(), strict=True):
+        # NHWC kernels sum in another order: float32 differences of ~1e-4 of the gradient's scale.
+        scale = a.grad.abs().max().item()
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-3, atol=1e-3 * scale, msg=name)
+    assert list(nhwc.state_dict()) == list(plain.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(nhwc.eval()(images), plain.eval()(images), rtol=1e-4, atol=1e-5)
+
+
 def test_grad_checkpointing_keeps_gradients():
     plain, checkpointed = tiny_classifier(), tiny_classifier()
     assert set_grad_checkpointing(checkpointed) == 1
@@ -50,3 +77,22 @@ def test_grad_checkpointing_keeps_gradients():
         model.train()(images).square().sum().backward()
     for a, b in zip(plain.parameters(), checkpointed.parameters(), strict=True):
         torch.testing.assert_close(a.grad, b.grad)
+
+
+
+@pytest.mark.slow
+def test_frozen_weight_compilation_matches_eager_and_reaches_inductors_freezing_pass(monkeypatch):
+    import torch._inductor.freezing as freezing
+
+    freeze_calls = []
+    real_freeze = freezing.freeze
+    monkeypatch.setattr(freezing, "freeze", lambda *a, **k: freeze_calls.append(1) or real_freeze(*a, **k))
+    eager, compiled = tiny_classifier().eval(), tiny_classifier().eval()
+    compile_model(compiled, frozen_weights=True)  # inductor: needs the C++ toolchain the install has
+    images = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        torch.testing.assert_close(compiled(images), eager(images), rtol=1e-4, atol=1e-5)
+    assert freeze_calls == [1]  # torch.compile(options={"freezing": True}) alone would leave this empty
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(images[:1]), eager(images[:1]), rtol=1e-4, atol=1e-5)
+    assert freeze_calls == [1, 1]  # a new batch shape: a second static, frozen graph

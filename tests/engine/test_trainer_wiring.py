@@ -50,6 +50,19 @@ def test_a_cnn_trains_without_the_vit_checks(tmp_path):
     assert result.test_metrics["num_samples"] == 9
 
 
+def test_channels_last_trains_a_cnn_to_the_same_weights(tmp_path):
+    resnet = "model.backbone_args={layers: [1, 1, 1, 1], channels: [8, 16, 32, 64], stem_width: 8}"
+    vit_free = [item for item in tiny_overrides(tmp_path) if not item.startswith("model.backbone_args")]
+    base = [*vit_free, "model.method=cnn", "model.backbone=resnet18.tv_in1k", resnet, "train.epochs=1"]
+    plain = train(load_config(None, [*base, "train.run_name=plain"]), progress=False)
+    nhwc = train(load_config(None, [*base, "train.run_name=nhwc", "train.channels_last=true"]), progress=False)
+    expected, got = final_state(plain), final_state(nhwc)
+    assert expected.keys() == got.keys()
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], rtol=1e-4, atol=1e-5, msg=key)
+    assert nhwc.test_metrics["top1"] == plain.test_metrics["top1"]
+
+
 def test_grad_checkpointing_trains_to_the_same_weights(tiny_config):
     plain = train(tiny_config("train.run_name=plain", "train.epochs=1"), progress=False)
     recomputed = train(tiny_config("train.run_name=ckpt", "train.epochs=1", "train.grad_checkpointing=true"),

@@ -126,3 +126,22 @@ def test_flops_of_a_method_passing_parameters_between_modules():
     vpt = build_model(config, CLASSES, IMAGE, pretrained=False)
     plain = count_flops(tiny_model(), IMAGE, torch.device("cpu"))
     assert count_flops(vpt, IMAGE, torch.device("cpu")) > plain  # 4 more tokens in every block
+
+
+def test_compiled_benchmark_counts_flops_eagerly_and_says_it_compiled(monkeypatch):
+    import fgir.tools.bench as bench
+    from fgir.engine.acceleration import compile_model
+
+    requests = []
+
+    def aot_eager_compile(model, frozen_weights):  # the dynamo path without minutes of C++ compilation
+        requests.append(frozen_weights)
+        return compile_model(model, backend="aot_eager")
+
+    monkeypatch.setattr(bench, "compile_model", aot_eager_compile)
+    plain, compiled = benchmark(tiny_model(), image_size=IMAGE, **QUICK), benchmark(
+        tiny_model(), image_size=IMAGE, compile=True, **QUICK)
+    assert requests == [True]
+    assert (plain["compiled"], compiled["compiled"]) == (False, True)
+    assert compiled["gflops_per_image"] == plain["gflops_per_image"]
+    assert math.isfinite(compiled["infer_img_per_s"]) and compiled["train_img_per_s"] > 0

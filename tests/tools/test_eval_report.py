@@ -192,3 +192,22 @@ def test_skip_lists_unreadable_images_and_scores_the_rest(run, tmp_path, capsys)
     scored = [row["path"].rsplit("/", 1)[1] for row in rows]
     assert scored == [f"test_{i}.png" for i in range(len(TEST_LABELS)) if i != 4]
     assert [int(row["label"]) for row in rows] == [label for i, label in enumerate(TEST_LABELS) if i != 4]
+
+
+def test_compiled_evaluation_scores_the_same(run, tmp_path, monkeypatch):
+    import fgir.tools.scoring as scoring
+    from fgir.engine.acceleration import compile_model
+
+    requests = []
+
+    def aot_eager_compile(model, frozen_weights):  # the dynamo path without minutes of C++ compilation
+        requests.append(frozen_weights)
+        return compile_model(model, backend="aot_eager")
+
+    monkeypatch.setattr(scoring, "compile_model", aot_eager_compile)
+    path, _, _ = run
+    plain = evaluate_checkpoint(path, out_dir=tmp_path / "plain", progress=False)
+    compiled = evaluate_checkpoint(path, out_dir=tmp_path / "compiled", progress=False, compile=True)
+    assert requests == [True]
+    assert compiled["top1"] == plain["top1"] and compiled["num_samples"] == plain["num_samples"]
+    assert (tmp_path / "compiled" / "predictions.csv").read_text() == (tmp_path / "plain" / "predictions.csv").read_text()

@@ -131,3 +131,17 @@ def test_json_round_trips_and_table_lists_every_rank():
     assert lines[3].split() == ["<image", "1>", "1", "a", "long", "class", "name", "50.00%"]
     assert len(lines) == 5
     assert len({line.index("%") for line in lines[1:]}) == 1  # probabilities right-aligned in one column
+
+
+@pytest.mark.slow
+def test_compiled_predictor_gives_the_same_answers(trained, photos):
+    # Real inductor compilation with frozen weights (`fgir predict --compile`): one static graph per
+    # batch size, here 2 and then the remaining 1.
+    path, _, _ = trained
+    files = [photos / "a.jpg", photos / "b.png", photos / "sub/c.png"]
+    expected = Predictor.from_checkpoint(path, device="cpu", batch_size=2).predict(files, topk=3)
+    compiled = Predictor.from_checkpoint(path, device="cpu", batch_size=2, compile=True)
+    assert compiled.model._compiled_call_impl is not None
+    for got, want in zip(compiled.predict(files, topk=3), expected, strict=True):
+        assert [s.class_id for s in got.topk] == [s.class_id for s in want.topk]
+        assert [s.probability for s in got.topk] == pytest.approx([s.probability for s in want.topk], abs=1e-5)

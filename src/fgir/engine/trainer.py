@@ -37,7 +37,7 @@ from tqdm import tqdm
 from fgir.config import Config, ConfigError, save_config, to_dict
 from fgir.data import build_batch_mix, build_dataset, build_loader, build_transform, dataset_info
 from fgir.data.datasets import Batch
-from fgir.engine.acceleration import compile_model, set_grad_checkpointing
+from fgir.engine.acceleration import compile_model, set_grad_checkpointing, use_channels_last
 from fgir.engine.checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -301,6 +301,8 @@ def _train(config: Config, progress: bool, stop_after_epochs: int | None, device
         if ddp.is_main:
             print(f"initialised from {config.train.init_from}" + (f"; started afresh: {', '.join(fresh)}" if fresh else ""))
     net = net.to(device)
+    if config.train.channels_last:
+        use_channels_last(net)
     report_trainable(net, run_dir, ddp)
     if config.train.grad_checkpointing and not set_grad_checkpointing(net):
         raise ConfigError(f"train.grad_checkpointing=true but model.method='{config.model.method}' has no "

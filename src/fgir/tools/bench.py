@@ -20,6 +20,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from fgir.config import Config, ConfigError, DataConfig, ModelConfig, load_config
+from fgir.engine.acceleration import compile_model, use_channels_last
 from fgir.engine.checkpoint import restore_model
 from fgir.engine.device import autocast, resolve_device, resolve_precision
 from fgir.models.factory import build_model
@@ -37,14 +38,20 @@ def benchmark(
     warmup: int = 2,
     iters: int = 5,
     precision: str = "fp32",
+    compile: bool = False,
+    channels_last: bool | None = None,
 ) -> dict[str, Any]:
     """Benchmark a model, or the model a config describes (built with random weights).
 
     `num_classes` and `image_size` describe the model to build from a config (a Config's data section
     supplies them by default); a module needs only `image_size`. A module is benchmarked as it is
     (frozen parameters stay frozen), moved to `device`, and its weights are left unchanged.
+    `compile` runs it through torch.compile with frozen weights (what `fgir eval/predict --compile`
+    do); the warm-up calls pay for the compilation, so give it at least 1. `channels_last` None takes
+    a Config's `train.channels_last` (False for a module or a ModelConfig).
     """
     if isinstance(model, Config):
+        channels_last = model.train.channels_last if channels_last is None else channels_last
         num_classes = num_classes or declared_num_classes(model.data)
         image_size = image_size or model.data.image_size
         model = model.model
@@ -60,8 +67,15 @@ def benchmark(
     torch_device = resolve_device(device)
     dtype = resolve_precision(precision, torch_device)
     model = model.to(torch_device).eval()
+    if channels_last:
+        use_channels_last(model)
     images = torch.randn(batch_size, 3, image_size, image_size, device=torch_device)
     num_outputs = _forward(model, images[:1], torch_device, dtype).shape[1]
+    gflops = count_flops(model, image_size, torch_device) / 1e9  # counted eagerly, before any compilation
+    if compile:
+        # The training step compiles its own graph with gradients, which is not frozen; its learning
+        # rate is 0, so the frozen inference graph stays true to the weights.
+        compile_model(model, frozen_weights=True)
 
     memory = PeakMemory(torch_device)
     with memory:
@@ -77,7 +91,7 @@ def benchmark(
         "num_classes": num_outputs,
         "params_total": sum(p.numel() for p in model.parameters()),
         "params_trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "gflops_per_image": count_flops(model, image_size, torch_device) / 1e9,
+        "gflops_per_image": gflops,
         "batch_size": batch_size,
         "infer_img_per_s": inference,
         "latency_ms_batch1": latency,
@@ -85,6 +99,8 @@ def benchmark(
         "peak_memory_mb": memory.peak_mb,
         "peak_memory_source": memory.source,
         "precision": precision,
+        "compiled": compile,
+        "channels_last": bool(channels_last),
         "device": str(torch_device),
         "device_name": device_name(torch_device),
         "torch_threads": torch.get_num_threads(),
@@ -142,6 +158,7 @@ def declared_num_classes(data: DataConfig) -> int | None:
 def benchmark_checkpoint(path: str | os.PathLike, **kwargs: Any) -> dict[str, Any]:
     """Benchmark the model of a checkpoint (file or run directory) at its training image size."""
     model, checkpoint = restore_model(path)
+    kwargs.setdefault("channels_last", checkpoint.config.train.channels_last)
     report = benchmark(model, image_size=checkpoint.config.data.image_size, **kwargs)
     model_cfg = checkpoint.config.model
     return {**report, "model": f"{model_cfg.method}/{model_cfg.backbone}", "checkpoint": str(checkpoint.path)}

@@ -25,6 +25,7 @@ from torch import nn
 from fgir.config import DataConfig
 from fgir.data import build_transform, read_image
 from fgir.data.readers import IMAGE_EXTENSIONS
+from fgir.engine.acceleration import compile_model
 from fgir.engine.checkpoint import restore_model
 from fgir.engine.device import autocast, resolve_device, resolve_precision
 from fgir.errors import FgirError
@@ -78,11 +79,14 @@ class Predictor:
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str = "auto", precision: str = "auto",
                         batch_size: int = 32, temperature: float | None = None,
-                        unknown_below: float | None = None) -> Predictor:
+                        unknown_below: float | None = None, compile: bool = False) -> Predictor:
         """Load a checkpoint file or run directory; the dataset need not exist. `temperature` None
-        takes the checkpoint's calibrated one (1 if it has none); 1.0 gives the raw softmax."""
+        takes the checkpoint's calibrated one (1 if it has none); 1.0 gives the raw softmax.
+        `compile`: torch.compile with frozen weights (pays off over many batches)."""
         torch_device = resolve_device(device)
         model, checkpoint = restore_model(path, torch_device)
+        if compile:
+            compile_model(model, frozen_weights=True)
         if temperature is None:
             temperature = stored_temperature(checkpoint.path)
         return cls(model, checkpoint.class_names, checkpoint.config.data, torch_device,

@@ -13,6 +13,7 @@ import torch
 
 from fgir.config import Config, ConfigError, DataConfig, apply_overrides
 from fgir.data import ImageListDataset, build_dataset, build_loader, build_transform
+from fgir.engine.acceleration import compile_model
 from fgir.engine.checkpoint import Checkpoint, resolve_checkpoint_path, restore_model
 from fgir.engine.device import resolve_device, resolve_precision
 from fgir.engine.evaluator import predict_loader
@@ -52,15 +53,20 @@ def score_split(
     precision: str = "auto",
     batch_size: int | None = None,
     progress: bool = True,
+    compile: bool = False,
 ) -> ScoredSplit:
     """Run a checkpoint (file or run directory) over `split` with the test transform.
 
     `data_overrides` replaces the checkpoint's data section (a DataConfig) or changes some of its
     keys (`data.key=value` items, e.g. `data.root=/elsewhere`); the image size must stay the model's.
+    `compile` runs the model through torch.compile with frozen weights (faster on long splits; the
+    first batches pay for the compilation).
     """
     path = resolve_checkpoint_path(checkpoint_path)
     torch_device = resolve_device(device)
     model, checkpoint = restore_model(path, torch_device)
+    if compile:
+        compile_model(model, frozen_weights=True)
     data = checkpoint_data(checkpoint.config, data_overrides)
     if data.image_size != checkpoint.config.data.image_size:
         raise ConfigError(
