@@ -43,7 +43,7 @@ from PIL import Image
 
 from fgir.config import DataConfig, ModelConfig
 from fgir.data import build_dataset, build_loader, build_transform, read_image
-from fgir.data.cache import _cache_one
+from fgir.data.cache import cache_image
 from fgir.data.transforms import resize_size
 from fgir.fileio import atomic_write_text
 from fgir.models.backbone import Backbone
@@ -154,7 +154,7 @@ def pipeline_seconds(paths: list[Path], cache_folder: Path, repeats: int) -> dic
     cache_folder.mkdir(parents=True, exist_ok=True)
     pairs = [(path, cache_folder / f"{i}{path.suffix}") for i, path in enumerate(paths)]
     for path, copy in pairs:
-        outcome = _cache_one(str(path), str(copy), target)
+        outcome = cache_image(str(path), str(copy), target)
         if outcome not in ("written", "up to date"):
             raise SystemExit(outcome)
     ways = {

@@ -59,7 +59,7 @@ def cache_dataset(data: DataConfig, out_dir: str | os.PathLike, *, short_side: i
 
     result = CacheResult(out, out / "dataset.yaml")
     with ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-        outcomes = pool.map(_cache_one, jobs.values(), jobs.keys(), [short_side] * len(jobs), chunksize=16)
+        outcomes = pool.map(cache_image, jobs.values(), jobs.keys(), [short_side] * len(jobs), chunksize=16)
         for outcome in tqdm(outcomes, total=len(jobs), desc="cache", unit="img", disable=not progress):
             if outcome == "written":
                 result.written += 1
@@ -77,7 +77,7 @@ def cache_dataset(data: DataConfig, out_dir: str | os.PathLike, *, short_side: i
     return result
 
 
-def _cache_one(source: str, target: str, short_side: int) -> str:
+def cache_image(source: str, target: str, short_side: int) -> str:
     """'written', 'up to date', or the error message naming the unreadable source."""
     if os.path.exists(target) and os.path.getmtime(target) >= os.path.getmtime(source):
         return "up to date"
