@@ -84,17 +84,26 @@ def median_of(run: Callable[[], object], repeats: int) -> float:
 
 # --- peak -------------------------------------------------------------------------------------
 
-def matmul_peak(quick: bool) -> dict[str, float]:
-    """GFLOP/s of large square matmuls: the bound every model figure is compared with."""
-    n = 1024 if quick else 2048
+def matmul_peak(quick: bool, device: str = "cpu") -> dict[str, float]:
+    """GFLOP/s of large square matmuls: the bound every model figure is compared with. On a GPU
+    the matrices are larger (a 2048 matmul is over in microseconds there) and float32 means true
+    float32 (torch's default: TF32 off), as the models run unless told otherwise."""
+    n = (1024 if quick else 2048) if device == "cpu" else 8192
     result = {}
     for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
-        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        a, b = (torch.randn(n, n, dtype=dtype, device=device) for _ in range(2))
         try:
-            seconds = best_of(lambda a=a, b=b: torch.mm(a, b), 3 if quick else 10)
+            seconds = best_of(lambda a=a, b=b: synchronized(torch.mm(a, b)), 3 if quick else 10)
         except RuntimeError:  # no bf16 matmul kernel on this CPU
             continue
         result[f"{name}_gflops"] = 2 * n**3 / seconds / 1e9
+    return result
+
+
+def synchronized(result: torch.Tensor) -> torch.Tensor:
+    """`result` once the GPU has computed it (CUDA calls return before the work is done)."""
+    if result.is_cuda:
+        torch.cuda.synchronize(result.device)
     return result
 
 
@@ -220,7 +229,7 @@ def photo_rates(photos: Path, limit: int, scratch: Path, quick: bool,
 # --- models -----------------------------------------------------------------------------------
 
 def model_rows(backbone: str, image_sizes: list[int], methods: list[str], batch_size: int, warmup: int, iters: int,
-               peak_gflops: float | None, compile: bool = False) -> list[dict]:
+               peak_gflops: float | None, compile: bool = False, device: str = "cpu") -> list[dict]:
     rows = []
     for image_size in image_sizes:
         plain_time = None
@@ -230,7 +239,7 @@ def model_rows(backbone: str, image_sizes: list[int], methods: list[str], batch_
                 # A process of its own per model: its peak memory is not hidden by pages an earlier
                 # model left to the allocator.
                 with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-                    report = pool.submit(benchmark, config, num_classes=200, image_size=image_size, device="cpu",
+                    report = pool.submit(benchmark, config, num_classes=200, image_size=image_size, device=device,
                                          batch_size=batch_size, warmup=warmup, iters=iters,
                                          compile=compile).result()
             except Exception as error:  # noqa: BLE001 - one broken method must not hide the others
@@ -376,6 +385,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=2, help="untimed batches before each measurement")
     parser.add_argument("--iters", type=int, default=3, help="timed batches per measurement")
+    parser.add_argument("--device", default="cpu",
+                        help="peak and model table on this device, e.g. cuda (decode, pipeline and eval stay on the CPU)")
     parser.add_argument("--compile", action="store_true",
                         help="model table: torch.compile with frozen weights (the warm-up batches compile)")
     parser.add_argument("--eval-images", type=int, default=1000)
@@ -387,11 +398,12 @@ def main() -> None:
     out = Path(args.out)
     results: dict = {"date": date.today().isoformat(), "machine": device_name(torch.device("cpu")),
                      "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                     "torch": torch.__version__, "python": platform.python_version(), "backbone": backbone}
+                     "torch": torch.__version__, "python": platform.python_version(), "backbone": backbone,
+                     "device": args.device, "device_name": device_name(torch.device(args.device))}
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
         if "peak" in args.parts:
-            results["peak"] = matmul_peak(args.quick)
+            results["peak"] = matmul_peak(args.quick, args.device)
             print(f"peak: {results['peak']}", file=sys.stderr, flush=True)
         peak = results.get("peak", {}).get("float32_gflops")
         if "decode" in args.parts:
@@ -410,7 +422,7 @@ def main() -> None:
             methods = args.methods or list(METHODS)
             methods = ["vit", *[m for m in methods if m != "vit"]]
             results["models"] = model_rows(backbone, args.sizes or [224], methods, args.batch_size, args.warmup,
-                                           args.iters, peak, args.compile)
+                                           args.iters, peak, args.compile, args.device)
         if "growth" in args.parts:
             sizes = [224, 320] if args.quick else [224, 320, 448, 640]
             results["growth"] = growth_rows(backbone, sizes, args.quick)
@@ -419,7 +431,8 @@ def main() -> None:
             results["eval"] = eval_wait(folder, args.eval_images, "vit_small_patch16_224", 64)
     sections = [f"# Benchmark suite: {results['machine']}, {results['cores']} cores, torch {results['torch']}, "
                 f"{results['date']}\n", f"backbone for the model table: {backbone}"
-                f"{' (torch.compile, frozen weights)' if args.compile else ''}\n"]
+                f"{' (torch.compile, frozen weights)' if args.compile else ''}, peak and models on "
+                f"{results['device_name']}\n"]
     for key in ("peak", "eval"):
         if key in results:
             sections.append(f"## {key}\n\n" + markdown_table([results[key]]))
