@@ -11,27 +11,17 @@ three; the fractions of the peak are per round, and their median is the figure t
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 
 import torch
-from suite import matmul_peak
+from suite import matmul_peak, median_of
 
 from fgir.config import ModelConfig
 from fgir.engine.acceleration import compile_model
 from fgir.models.factory import build_model
 from fgir.tools.bench import count_flops
-
-
-def seconds_per_batch(model: torch.nn.Module, images: torch.Tensor, iters: int) -> float:
-    """Median time of one batch over `iters` timed calls."""
-    times = []
-    with torch.inference_mode():
-        for _ in range(iters):
-            start = time.perf_counter()
-            model(images)
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -44,15 +34,13 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     eager = build_model(ModelConfig(backbone=args.backbone, pretrained=False), 200, args.image_size).eval()
-    compiled = build_model(ModelConfig(backbone=args.backbone, pretrained=False), 200, args.image_size).eval()
-    compiled.load_state_dict(eager.state_dict())
+    compiled = copy.deepcopy(eager)
     gflops = count_flops(eager, args.image_size, torch.device("cpu")) / 1e9
     images = torch.randn(args.batch_size, 3, args.image_size, args.image_size)
     start = time.perf_counter()
     compile_model(compiled, frozen_weights=True)
     with torch.inference_mode():
         difference = (compiled(images) - eager(images)).abs().max().item()
-        eager(images)  # warm-up
     print(f"{args.backbone} at {args.image_size}, batch {args.batch_size}, {gflops:.2f} GFLOPs/img; compile + first "
           f"batch {time.perf_counter() - start:.0f} s; max |compiled - eager| logit difference {difference:.2e}")
     fractions: dict[str, list[float]] = {"eager": [], "compiled": []}
@@ -60,7 +48,8 @@ def main() -> None:
         peak = matmul_peak(quick=False)["float32_gflops"]
         line = [f"round {round_index + 1}: peak {peak:.1f} GFLOP/s"]
         for name, model in (("eager", eager), ("compiled", compiled)):
-            images_per_second = args.batch_size / seconds_per_batch(model, images, args.iters)
+            with torch.inference_mode():
+                images_per_second = args.batch_size / median_of(lambda model=model: model(images), args.iters)
             fractions[name].append(images_per_second * gflops / peak)
             line.append(f"{name} {images_per_second:.3f} img/s = {100 * fractions[name][-1]:.1f}%")
         print(", ".join(line), flush=True)

@@ -50,7 +50,7 @@ from fgir.models.backbone import Backbone
 from fgir.models.factory import METHODS, build_model
 from fgir.models.gls import crop_and_resize, gls_scores, selection_flops
 from fgir.tools.attention import attention_rollout
-from fgir.tools.bench import benchmark, device_name
+from fgir.tools.bench import benchmark, device_name, synchronize
 from fgir.tools.plots import save_figure
 
 # Typical image sizes of the dataset families (width, height).
@@ -93,17 +93,10 @@ def matmul_peak(quick: bool, device: str = "cpu") -> dict[str, float]:
     for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
         a, b = (torch.randn(n, n, dtype=dtype, device=device) for _ in range(2))
         try:
-            seconds = best_of(lambda a=a, b=b: synchronized(torch.mm(a, b)), 3 if quick else 10)
+            seconds = best_of(lambda a=a, b=b: (torch.mm(a, b), synchronize(a.device)), 3 if quick else 10)
         except RuntimeError:  # no bf16 matmul kernel on this CPU
             continue
         result[f"{name}_gflops"] = 2 * n**3 / seconds / 1e9
-    return result
-
-
-def synchronized(result: torch.Tensor) -> torch.Tensor:
-    """`result` once the GPU has computed it (CUDA calls return before the work is done)."""
-    if result.is_cuda:
-        torch.cuda.synchronize(result.device)
     return result
 
 

@@ -5,10 +5,9 @@ and the compute switches train.compile and train.grad_checkpointing."""
 import safetensors.torch
 import torch
 
-from conftest import TINY, tiny_overrides
+from conftest import TINY, AotEagerCompiler, tiny_overrides
 from fgir.config import load_config
 from fgir.engine import trainer
-from fgir.engine.acceleration import compile_model
 from fgir.engine.checkpoint import load_checkpoint, read_backbone_identity, restore_model
 from fgir.engine.trainer import train
 from fgir.models.weights import create_vit
@@ -75,7 +74,7 @@ def test_grad_checkpointing_trains_to_the_same_weights(tiny_config):
 def test_compile_keeps_checkpoints_and_results(tiny_config, monkeypatch):
     # The inductor backend needs minutes of C++ compilation on 2 cores; aot_eager goes through the
     # same dynamo capture and autograd tracing without it.
-    monkeypatch.setattr(trainer, "compile_model", lambda net: compile_model(net, backend="aot_eager"))
+    monkeypatch.setattr(trainer, "compile_model", AotEagerCompiler())
     eager = train(tiny_config("train.run_name=eager", "train.epochs=1"), progress=False)
     compiled = train(tiny_config("train.run_name=compiled", "train.epochs=1", "train.compile=true"), progress=False)
     expected, got = final_state(eager), final_state(compiled)

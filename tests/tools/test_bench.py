@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+from conftest import AotEagerCompiler
 from fgir.config import Config, ConfigError, DataConfig, ModelConfig
 from fgir.engine.checkpoint import save_checkpoint
 from fgir.models.factory import build_model
@@ -130,18 +131,12 @@ def test_flops_of_a_method_passing_parameters_between_modules():
 
 def test_compiled_benchmark_counts_flops_eagerly_and_says_it_compiled(monkeypatch):
     import fgir.tools.bench as bench
-    from fgir.engine.acceleration import compile_model
 
-    requests = []
-
-    def aot_eager_compile(model, frozen_weights):  # the dynamo path without minutes of C++ compilation
-        requests.append(frozen_weights)
-        return compile_model(model, backend="aot_eager")
-
-    monkeypatch.setattr(bench, "compile_model", aot_eager_compile)
+    compiler = AotEagerCompiler()
+    monkeypatch.setattr(bench, "compile_model", compiler)
     plain, compiled = benchmark(tiny_model(), image_size=IMAGE, **QUICK), benchmark(
         tiny_model(), image_size=IMAGE, compile=True, **QUICK)
-    assert requests == [True]
+    assert compiler.frozen_weights == [True]
     assert (plain["compiled"], compiled["compiled"]) == (False, True)
     assert compiled["gflops_per_image"] == plain["gflops_per_image"]
     assert math.isfinite(compiled["infer_img_per_s"]) and compiled["train_img_per_s"] > 0

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import AotEagerCompiler
 from fgir.config import Config, ConfigError, DataConfig, ModelConfig
 from fgir.data import ImageReadError, build_transform, read_image
 from fgir.engine.checkpoint import save_checkpoint
@@ -196,18 +197,12 @@ def test_skip_lists_unreadable_images_and_scores_the_rest(run, tmp_path, capsys)
 
 def test_compiled_evaluation_scores_the_same(run, tmp_path, monkeypatch):
     import fgir.tools.scoring as scoring
-    from fgir.engine.acceleration import compile_model
 
-    requests = []
-
-    def aot_eager_compile(model, frozen_weights):  # the dynamo path without minutes of C++ compilation
-        requests.append(frozen_weights)
-        return compile_model(model, backend="aot_eager")
-
-    monkeypatch.setattr(scoring, "compile_model", aot_eager_compile)
+    compiler = AotEagerCompiler()
+    monkeypatch.setattr(scoring, "compile_model", compiler)
     path, _, _ = run
     plain = evaluate_checkpoint(path, out_dir=tmp_path / "plain", progress=False)
     compiled = evaluate_checkpoint(path, out_dir=tmp_path / "compiled", progress=False, compile=True)
-    assert requests == [True]
+    assert compiler.frozen_weights == [True]
     assert compiled["top1"] == plain["top1"] and compiled["num_samples"] == plain["num_samples"]
     assert (tmp_path / "compiled" / "predictions.csv").read_text() == (tmp_path / "plain" / "predictions.csv").read_text()

@@ -8,8 +8,9 @@ resize, then a centre crop (`data.test_resize=crop`), or a resize straight to th
 (`direct`, as Animesion evaluates).
 `data.transform_backend` picks where the image steps run. `tensor` (default): the PIL image becomes
 a uint8 tensor first and resize, crop, flip and TrivialAugment run on it (colour jitter in PIL,
-where it is faster), then one fused step converts to float and normalises (`NormalizeUint8`). `pil`: the same steps on PIL images
-(Pillow's resampling and colour arithmetic, as the reference implementations), then the tensor steps.
+where it is faster), then one fused step converts to float and normalises (`NormalizeUint8`).
+`pil`: the same steps on PIL images (Pillow's resampling and colour arithmetic, as the reference
+implementations), then the tensor steps.
 Both draw the same random numbers in the same order, so a seed gives the same crop, flip, jitter
 factors and TrivialAugment op; pixels agree to a grey level, except where the colour arithmetic
 differs (hue: Pillow shifts it in 8-bit HSV, torch in float) or an op amplifies that grey level.

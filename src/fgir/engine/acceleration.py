@@ -1,6 +1,7 @@
 """Compute fast paths a run switches on in its config: torch.compile with an eager fallback,
-channels-last memory order, and activation checkpointing. (Fused attention is timm's default everywhere; only the explanation
-tools switch it off to read attention maps. Mixed precision is `train.precision`.)"""
+channels-last memory order, and activation checkpointing. (Fused attention is timm's default
+everywhere; only the explanation tools switch it off to read attention maps. Mixed precision is
+`train.precision`.)"""
 
 from __future__ import annotations
 

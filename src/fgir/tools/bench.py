@@ -208,7 +208,8 @@ def training_step(model: nn.Module, images: torch.Tensor, num_classes: int, devi
     return step
 
 
-def _synchronize(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
+    """Wait for the GPU's queued work (CUDA calls return before it is done); nothing on a CPU."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -217,11 +218,11 @@ def throughput(run: Callable[[], Any], batch_size: int, warmup: int, iters: int,
     """Images per second over `iters` calls of `run` (one batch each), after `warmup` calls."""
     for _ in range(warmup):
         run()
-    _synchronize(device)
+    synchronize(device)
     start = time.perf_counter()
     for _ in range(iters):
         run()
-    _synchronize(device)
+    synchronize(device)
     return batch_size * iters / (time.perf_counter() - start)
 
 
@@ -231,10 +232,10 @@ def median_ms(run: Callable[[], Any], warmup: int, iters: int, device: torch.dev
         run()
     times = []
     for _ in range(iters):
-        _synchronize(device)
+        synchronize(device)
         start = time.perf_counter()
         run()
-        _synchronize(device)
+        synchronize(device)
         times.append(1000 * (time.perf_counter() - start))
     return statistics.median(times)
 
