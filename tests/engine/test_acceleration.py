@@ -87,6 +87,9 @@ def test_frozen_weight_compilation_matches_eager_and_reaches_inductors_freezing_
     freeze_calls = []
     real_freeze = freezing.freeze
     monkeypatch.setattr(freezing, "freeze", lambda *a, **k: freeze_calls.append(1) or real_freeze(*a, **k))
+    # Every compiled model shares dynamo's recompile limit for Module._call_impl within a process;
+    # models other tests compiled earlier would otherwise leave this one too few graphs.
+    torch._dynamo.reset()
     eager, compiled = tiny_classifier().eval(), tiny_classifier().eval()
     compile_model(compiled, frozen_weights=True)  # inductor: needs the C++ toolchain the install has
     images = torch.randn(2, 3, 32, 32)
