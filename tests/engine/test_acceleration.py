@@ -43,6 +43,21 @@ def test_compiler_failure_warns_once_and_runs_eagerly():
     assert model._compiled_call_impl is None  # no second attempt, no second warning
 
 
+def test_every_compiled_model_gets_its_own_graphs_however_many_architectures_a_process_compiles():
+    torch._dynamo.reset()
+    graphs = torch._dynamo.utils.counters["stats"]
+    images = torch.randn(4, 16)
+    with torch._dynamo.config.patch(recompile_limit=8):  # dynamo's default, whatever earlier tests did
+        for width in range(8, 16):  # two graphs per model (train, eval): 16 in all, twice dynamo's default
+            model = torch.nn.Sequential(torch.nn.Linear(16, width), torch.nn.GELU(), torch.nn.Linear(width, 3))
+            compile_model(model, backend="aot_eager")
+            before = graphs["unique_graphs"]
+            model.train()(images).sum().backward()
+            with torch.no_grad():
+                model.eval()(images)
+            assert graphs["unique_graphs"] == before + 2, f"model of width {width} ran eagerly"
+
+
 def tiny_resnet() -> torch.nn.Module:
     torch.manual_seed(0)
     return timm.create_model("resnet18", num_classes=3, layers=[1, 1, 1, 1], channels=[8, 16, 32, 64], stem_width=8)
@@ -87,9 +102,6 @@ def test_frozen_weight_compilation_matches_eager_and_reaches_inductors_freezing_
     freeze_calls = []
     real_freeze = freezing.freeze
     monkeypatch.setattr(freezing, "freeze", lambda *a, **k: freeze_calls.append(1) or real_freeze(*a, **k))
-    # Every compiled model shares dynamo's recompile limit for Module._call_impl within a process;
-    # models other tests compiled earlier would otherwise leave this one too few graphs.
-    torch._dynamo.reset()
     eager, compiled = tiny_classifier().eval(), tiny_classifier().eval()
     compile_model(compiled, frozen_weights=True)  # inductor: needs the C++ toolchain the install has
     images = torch.randn(2, 3, 32, 32)

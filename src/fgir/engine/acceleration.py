@@ -15,6 +15,11 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
+# Dynamo keeps at most `recompile_limit` graphs per code object, and every model compiled here enters
+# through the same wrapper frame, so all models of one process would share one allowance: after a few
+# models of different architectures (a notebook, a test run) the rest would run eagerly.
+GRAPHS_PER_MODEL = 8
+
 
 def compile_model(model: nn.Module, backend: str = "inductor", *, frozen_weights: bool = False) -> nn.Module:
     """Compile `model` in place: its class, attributes and state_dict keys stay as they are (so
@@ -27,6 +32,7 @@ def compile_model(model: nn.Module, backend: str = "inductor", *, frozen_weights
     graphs keep the weights of the moment they were compiled, so never use it on a model that
     trains afterwards.
     """
+    torch._dynamo.config.recompile_limit += GRAPHS_PER_MODEL  # this model's own allowance
     if frozen_weights:
         compiled = _with_inductor_freezing(torch.compile(model._call_impl, backend=backend, dynamic=False))
     else:
