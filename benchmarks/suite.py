@@ -354,13 +354,13 @@ def growth_plot(rows: list[dict], path: Path) -> None:
     figure = Figure(figsize=(10, 4))
     left, right = figure.subplots(1, 2)
     sizes = [row["image_size"] for row in rows]
-    colours = {"encoder": "tab:blue", "gls": "tab:orange", "rollout": "tab:green"}
-    for key, label, colour in (("encoder_ms", "encoder pass", "encoder"), ("gls_ms", "GLS selection", "gls"),
-                               ("rollout_extra_ms", "rollout (extra)", "rollout")):
-        left.plot(sizes, [row[key] for row in rows], marker="o", label=label, color=colours[colour])
+    # One colour per method in both panels.
+    for key, label, colour in (("encoder_ms", "encoder pass", "tab:blue"), ("gls_ms", "GLS selection", "tab:orange"),
+                               ("rollout_extra_ms", "rollout (extra)", "tab:green")):
+        left.plot(sizes, [row[key] for row in rows], marker="o", label=label, color=colour)
     left.set(xlabel="image size (px)", ylabel="ms (batch 1)", yscale="log", title="time")
-    for key, label, colour in (("gls_gflops", "GLS selection", "gls"), ("rollout_gflops", "rollout", "rollout")):
-        right.plot(sizes, [row[key] for row in rows], marker="o", label=label, color=colours[colour])
+    for key, label, colour in (("gls_gflops", "GLS selection", "tab:orange"), ("rollout_gflops", "rollout", "tab:green")):
+        right.plot(sizes, [row[key] for row in rows], marker="o", label=label, color=colour)
     right.set(xlabel="image size (px)", ylabel="GFLOPs", yscale="log", title="FLOPs")
     left.legend()
     right.legend()

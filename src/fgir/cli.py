@@ -167,6 +167,17 @@ def cmd_convert_glsim(args: argparse.Namespace) -> None:
     print(f"predict with: fgir predict {out} <image or folder>")
 
 
+def _add_split_scoring_arguments(p: argparse.ArgumentParser, split: str, split_help: str) -> None:
+    """What every command that runs a checkpoint over a dataset split (fgir.tools.scoring) takes."""
+    p.add_argument("checkpoint", help="a checkpoint file or a run directory (its best checkpoint)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="data.* overrides, e.g. data.root=/data/cub")
+    p.add_argument("--split", default=split, choices=("train", "val", "test"), help=split_help)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fgir", description="Fine-grained image recognition with vision transformers.")
     verbs = parser.add_subparsers(dest="verb", required=True)
@@ -179,15 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train, trailing="items")
 
     p = verbs.add_parser("eval", help="score a checkpoint on a dataset split: metrics, predictions, confusion matrix")
-    p.add_argument("checkpoint", help="a checkpoint file or a run directory (its best checkpoint)")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="data.* overrides, e.g. data.root=/data/cub")
-    p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    _add_split_scoring_arguments(p, split="test", split_help="the split to score (default: test)")
     p.add_argument("--out", help="output folder (default: <run>/eval-<split>)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
     p.add_argument("--compile", action="store_true", help=COMPILE_HELP)
-    p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_eval, trailing="overrides")
 
     p = verbs.add_parser("predict", help="top-k classes for images or folders of images")
@@ -212,14 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("calibrate", help="fit a temperature on the validation split and store it in the "
                                            "checkpoint (predict, eval and serve then use it)")
-    p.add_argument("checkpoint", help="a checkpoint file or a run directory (its best checkpoint)")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="data.* overrides, e.g. data.root=/data/dafre")
-    p.add_argument("--split", default="val", choices=("train", "val", "test"),
-                   help="held-out images to fit on (default: val)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_split_scoring_arguments(p, split="val", split_help="held-out images to fit on (default: val)")
     p.set_defaults(func=cmd_calibrate, trailing="overrides")
 
     p = verbs.add_parser("serve", help="web demo: upload a picture, see the top-5 classes and where the model looked")
