@@ -30,13 +30,15 @@ PathInput = str | os.PathLike
 
 
 def explain_images(
-    checkpoint_path: PathInput, images: PathInput | Iterable[PathInput], out_dir: PathInput, device: str = "auto"
+    checkpoint_path: PathInput, images: PathInput | Iterable[PathInput], out_dir: PathInput, device: str = "auto",
+    weights: PathInput | None = None,
 ) -> list[Path]:
     """Write `<stem>_explain.png` into `out_dir` for every image (folders stand for their image
     files); returns the written paths in input order. Two inputs with the same stem get
-    `<stem>_<n>_explain.png` for the later ones instead of overwriting each other."""
+    `<stem>_<n>_explain.png` for the later ones instead of overwriting each other. `weights`: the
+    backbone weights of an adapter-only checkpoint (see `restore_model`)."""
     torch_device = resolve_device(device)
-    model, checkpoint = restore_model(checkpoint_path, torch_device)
+    model, checkpoint = restore_model(checkpoint_path, torch_device, weights=weights)
     data = checkpoint.config.data
     predictor = Predictor(model, checkpoint.class_names, data, torch_device)  # fp32: maps stay exact
     backbone = _backbone_of(model)
