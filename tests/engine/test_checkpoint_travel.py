@@ -126,3 +126,11 @@ def test_every_verb_that_loads_a_checkpoint_takes_the_backbone_weights(verb, lor
     assert cli.main(arguments) == 2  # the backbone file is gone
     assert cli.main([*arguments, "--weights", str(moved)]) == 0
     assert (verb == "serve") == bool(served)
+
+
+def test_bench_refuses_weights_for_a_recipe(tmp_path, capsys):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("model:\n  pretrained: false\n")
+    assert cli.main(["bench", str(recipe), "--weights", str(tmp_path / "w.safetensors")]) == 2
+    assert f"--weights applies to a checkpoint; the recipe {recipe} is benchmarked with random weights" in \
+        capsys.readouterr().err

@@ -26,7 +26,7 @@ def load_error(name: str, weights, **model_args) -> str:
 
 def test_weights_of_another_timm_vit_name_that_vit(tmp_path):
     path = tmp_path / "tiny.safetensors"
-    state = save_random_vit(path, "vit_tiny_patch16_224")
+    state = save_random_vit(path)
     model = headless_shapes("vit_small_patch16_224")
     differing = [key for key in model if tuple(state[key].shape) != model[key]]
     assert state.keys() == model.keys() and differing  # same keys, other widths
@@ -47,7 +47,7 @@ def test_weights_of_another_timm_vit_name_that_vit(tmp_path):
 
 def test_the_suggested_backbone_loads_the_file(tmp_path):
     path = tmp_path / "tiny.safetensors"
-    state = save_random_vit(path, "vit_tiny_patch16_224")
+    state = save_random_vit(path)
     suggested = load_error("vit_small_patch16_224", path).splitlines()[-1].split("model.backbone=")[1].split()[0]
     vit = create_vit(suggested, pretrained=True, weights=path, img_size=32)
     assert all(torch.equal(vit.state_dict()[key], value) for key, value in state.items())
@@ -55,7 +55,7 @@ def test_the_suggested_backbone_loads_the_file(tmp_path):
 
 def test_shapes_no_timm_model_has_get_the_backbone_args_that_rebuild_them(tmp_path):
     path = tmp_path / "small.safetensors"
-    save_random_vit(path, "vit_tiny_patch16_224", **TINY)  # 32 wide, 2 blocks, 8 px patches
+    save_random_vit(path, **TINY)  # 32 wide, 2 blocks, 8 px patches
     message = load_error("vit_tiny_patch16_224", path, **{**TINY, "embed_dim": 48})
     assert "does not fit vit_tiny_patch16_224 with model.backbone_args {'patch_size': 8, 'embed_dim': 48" in message
     assert "the file holds a ViT of width 32, depth 2, patch 8x8" in message
@@ -69,7 +69,7 @@ def test_train_prints_a_short_summary_and_exits_2(tmp_path, capsys):
     """The issue's case through the CLI: the file is a plain vit_tiny_patch16_224, the recipe shrinks
     that model with backbone_args; the fix names the timm model and the arguments to drop."""
     path = tmp_path / "tiny.safetensors"
-    save_random_vit(path, "vit_tiny_patch16_224")
+    save_random_vit(path)
     status = cli.main(["train", *tiny_overrides(tmp_path, "model.pretrained=true", f"model.weights={path}"),
                        "--no-progress"])
     err = capsys.readouterr().err
