@@ -37,21 +37,21 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from fgir.tools.eval_report import evaluate_checkpoint
+    from fgir.tools.eval_report import evaluate_checkpoint, format_report
 
     report = evaluate_checkpoint(args.checkpoint, split=args.split, data_overrides=args.overrides,
                                  out_dir=args.out, device=args.device, precision=args.precision,
                                  batch_size=args.batch_size, progress=not args.no_progress, compile=args.compile)
-    print(json.dumps(report, indent=1))
+    print(json.dumps(report, indent=1) if args.json else format_report(report))
 
 
 def cmd_calibrate(args: argparse.Namespace) -> None:
-    from fgir.tools.calibration import calibrate_checkpoint
+    from fgir.tools.calibration import calibrate_checkpoint, format_calibration
 
     result = calibrate_checkpoint(args.checkpoint, split=args.split, data_overrides=args.overrides,
                                   device=args.device, precision=args.precision, batch_size=args.batch_size,
                                   progress=not args.no_progress)
-    print(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1) if args.json else format_calibration(result))
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
@@ -193,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_split_scoring_arguments(p, split="test", split_help="the split to score (default: test)")
     p.add_argument("--out", help="output folder (default: <run>/eval-<split>)")
     p.add_argument("--compile", action="store_true", help=COMPILE_HELP)
+    p.add_argument("--json", action="store_true", help="print metrics.json instead of a summary")
     p.set_defaults(func=cmd_eval, trailing="overrides")
 
     p = verbs.add_parser("predict", help="top-k classes for images or folders of images")
@@ -218,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("calibrate", help="fit a temperature on the validation split and store it in the "
                                            "checkpoint (predict, eval and serve then use it)")
     _add_split_scoring_arguments(p, split="val", split_help="held-out images to fit on (default: val)")
+    p.add_argument("--json", action="store_true", help="print what was stored as JSON instead of a summary")
     p.set_defaults(func=cmd_calibrate, trailing="overrides")
 
     p = verbs.add_parser("serve", help="web demo: upload a picture, see the top-5 classes and where the model looked")
