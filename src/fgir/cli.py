@@ -167,6 +167,19 @@ def cmd_convert_glsim(args: argparse.Namespace) -> None:
     print(f"predict with: fgir predict {out} <image or folder>")
 
 
+def cmd_config_show(args: argparse.Namespace) -> None:
+    from fgir.config_inspect import config_with_origins, format_with_origins
+
+    path, overrides = _split_config_and_overrides(args.items)
+    print(format_with_origins(*config_with_origins(path, overrides)))
+
+
+def cmd_config_keys(args: argparse.Namespace) -> None:
+    from fgir.config_inspect import format_keys, schema_help
+
+    print(format_keys(schema_help(), prefix=args.prefix or ""))
+
+
 def _add_split_scoring_arguments(p: argparse.ArgumentParser, split: str, split_help: str) -> None:
     """What every command that runs a checkpoint over a dataset split (fgir.tools.scoring) takes."""
     p.add_argument("checkpoint", help="a checkpoint file or a run directory (its best checkpoint)")
@@ -317,6 +330,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="a LoRA checkpoint file or run directory")
     p.add_argument("out", help="output .safetensors")
     p.set_defaults(func=cmd_convert_merge_lora)
+
+    p = verbs.add_parser("config", help="the resolved configuration and the schema's keys")
+    config_verbs = p.add_subparsers(dest="config_verb", required=True)
+    p = config_verbs.add_parser("show", help="the config a recipe and overrides resolve to, with the origin of "
+                                             "each value (default, file, command line)")
+    p.add_argument("items", nargs="*", metavar="CONFIG [KEY=VALUE ...]", help=f"a YAML recipe, then {USAGE_OVERRIDES}")
+    p.set_defaults(func=cmd_config_show, trailing="items")
+    p = config_verbs.add_parser("keys", help="every config key with its type, default and meaning")
+    p.add_argument("prefix", nargs="?", metavar="KEY", help="only this key or section, e.g. model.peft")
+    p.set_defaults(func=cmd_config_keys)
     return parser
 
 
