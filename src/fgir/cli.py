@@ -37,22 +37,22 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from fgir.tools.eval_report import evaluate_checkpoint
+    from fgir.tools.eval_report import evaluate_checkpoint, format_report
 
     report = evaluate_checkpoint(args.checkpoint, split=args.split, data_overrides=args.overrides,
                                  out_dir=args.out, device=args.device, precision=args.precision,
                                  batch_size=args.batch_size, progress=not args.no_progress, compile=args.compile,
                                  weights=args.weights)
-    print(json.dumps(report, indent=1))
+    print(json.dumps(report, indent=1) if args.json else format_report(report))
 
 
 def cmd_calibrate(args: argparse.Namespace) -> None:
-    from fgir.tools.calibration import calibrate_checkpoint
+    from fgir.tools.calibration import calibrate_checkpoint, format_calibration
 
     result = calibrate_checkpoint(args.checkpoint, split=args.split, data_overrides=args.overrides,
                                   device=args.device, precision=args.precision, batch_size=args.batch_size,
                                   progress=not args.no_progress, weights=args.weights)
-    print(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1) if args.json else format_calibration(result))
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
@@ -176,6 +176,19 @@ def _add_weights_argument(p: argparse.ArgumentParser) -> None:
                         "its backbone and ignores this")
 
 
+def cmd_config_show(args: argparse.Namespace) -> None:
+    from fgir.config_inspect import config_with_origins, format_with_origins
+
+    path, overrides = _split_config_and_overrides(args.items)
+    print(format_with_origins(*config_with_origins(path, overrides)))
+
+
+def cmd_config_keys(args: argparse.Namespace) -> None:
+    from fgir.config_inspect import format_keys, schema_help
+
+    print(format_keys(schema_help(), prefix=args.prefix or ""))
+
+
 def _add_split_scoring_arguments(p: argparse.ArgumentParser, split: str, split_help: str) -> None:
     """What every command that runs a checkpoint over a dataset split (fgir.tools.scoring) takes."""
     p.add_argument("checkpoint", help="a checkpoint file or a run directory (its best checkpoint)")
@@ -203,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_split_scoring_arguments(p, split="test", split_help="the split to score (default: test)")
     p.add_argument("--out", help="output folder (default: <run>/eval-<split>)")
     p.add_argument("--compile", action="store_true", help=COMPILE_HELP)
+    p.add_argument("--json", action="store_true", help="print metrics.json instead of a summary")
     p.set_defaults(func=cmd_eval, trailing="overrides")
 
     p = verbs.add_parser("predict", help="top-k classes for images or folders of images")
@@ -230,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("calibrate", help="fit a temperature on the validation split and store it in the "
                                            "checkpoint (predict, eval and serve then use it)")
     _add_split_scoring_arguments(p, split="val", split_help="held-out images to fit on (default: val)")
+    p.add_argument("--json", action="store_true", help="print what was stored as JSON instead of a summary")
     p.set_defaults(func=cmd_calibrate, trailing="overrides")
 
     p = verbs.add_parser("serve", help="web demo: upload a picture, see the top-5 classes and where the model looked")
@@ -331,6 +346,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="output .safetensors")
     _add_weights_argument(p)
     p.set_defaults(func=cmd_convert_merge_lora)
+
+    p = verbs.add_parser("config", help="the resolved configuration and the schema's keys")
+    config_verbs = p.add_subparsers(dest="config_verb", required=True)
+    p = config_verbs.add_parser("show", help="the config a recipe and overrides resolve to, with the origin of "
+                                             "each value (default, file, command line)")
+    p.add_argument("items", nargs="*", metavar="CONFIG [KEY=VALUE ...]", help=f"a YAML recipe, then {USAGE_OVERRIDES}")
+    p.set_defaults(func=cmd_config_show, trailing="items")
+    p = config_verbs.add_parser("keys", help="every config key with its type, default and meaning")
+    p.add_argument("prefix", nargs="?", metavar="KEY", help="only this key or section, e.g. model.peft")
+    p.set_defaults(func=cmd_config_keys)
     return parser
 
 
