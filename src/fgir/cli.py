@@ -41,7 +41,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
     report = evaluate_checkpoint(args.checkpoint, split=args.split, data_overrides=args.overrides,
                                  out_dir=args.out, device=args.device, precision=args.precision,
-                                 batch_size=args.batch_size, progress=not args.no_progress, compile=args.compile)
+                                 batch_size=args.batch_size, progress=not args.no_progress, compile=args.compile,
+                                 weights=args.weights)
     print(json.dumps(report, indent=1) if args.json else format_report(report))
 
 
@@ -50,7 +51,7 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
 
     result = calibrate_checkpoint(args.checkpoint, split=args.split, data_overrides=args.overrides,
                                   device=args.device, precision=args.precision, batch_size=args.batch_size,
-                                  progress=not args.no_progress)
+                                  progress=not args.no_progress, weights=args.weights)
     print(json.dumps(result, indent=1) if args.json else format_calibration(result))
 
 
@@ -58,7 +59,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from fgir.tools.predictor import Predictor, format_predictions
 
     predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, batch_size=args.batch_size,
-                                          unknown_below=args.unknown_below, compile=args.compile)
+                                          unknown_below=args.unknown_below, compile=args.compile,
+                                          weights=args.weights)
     predictions = predictor.predict(args.images, topk=args.topk)
     print(format_predictions(predictions, as_json=args.json))
 
@@ -66,7 +68,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
 def cmd_explain(args: argparse.Namespace) -> None:
     from fgir.tools.explain import explain_images
 
-    for path in explain_images(args.checkpoint, args.images, args.out, device=args.device):
+    for path in explain_images(args.checkpoint, args.images, args.out, device=args.device, weights=args.weights):
         print(path)
 
 
@@ -74,7 +76,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from fgir.app.server import serve
 
     serve(args.checkpoint, host=args.host, port=args.port, share=args.share, device=args.device,
-          unknown_below=args.unknown_below)
+          unknown_below=args.unknown_below, weights=args.weights)
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -82,7 +84,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
     result = benchmark_target(args.target, args.overrides, device=args.device, batch_size=args.batch_size,
                               precision=args.precision, warmup=args.warmup, iters=args.iters,
-                              compile=args.compile)
+                              compile=args.compile, weights=args.weights)
     text = json.dumps(result, indent=1)
     if args.out:
         from fgir.fileio import atomic_write_text
@@ -139,7 +141,7 @@ def cmd_analyze_cka(args: argparse.Namespace) -> None:
     from fgir.tools.cka import analyze_cka
 
     _, path = analyze_cka(args.sources, args.images, args.out, args.features, args.kernel, args.batch_size,
-                          args.device, args.overrides)
+                          args.device, args.overrides, weights=args.weights)
     print(path)
 
 
@@ -156,7 +158,7 @@ def cmd_analyze_tradeoff(args: argparse.Namespace) -> None:
 def cmd_convert_merge_lora(args: argparse.Namespace) -> None:
     from fgir.tools.merge_lora import save_merged_lora
 
-    print(save_merged_lora(args.checkpoint, args.out))
+    print(save_merged_lora(args.checkpoint, args.out, weights=args.weights))
 
 
 def cmd_convert_glsim(args: argparse.Namespace) -> None:
@@ -165,6 +167,13 @@ def cmd_convert_glsim(args: argparse.Namespace) -> None:
     out = convert_glsim_reference(args.src, args.out, num_classes=args.num_classes, class_names=args.class_names)
     print(f"checkpoint:   {out}")
     print(f"predict with: fgir predict {out} <image or folder>")
+
+
+def _add_weights_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights", metavar="PATH",
+                   help="the pretrained backbone weights (file or folder) of an adapter-only checkpoint (ILA, "
+                        "PEFT), if not where it was trained; their SHA-256 must match. A full checkpoint holds "
+                        "its backbone and ignores this")
 
 
 def cmd_config_show(args: argparse.Namespace) -> None:
@@ -189,6 +198,7 @@ def _add_split_scoring_arguments(p: argparse.ArgumentParser, split: str, split_h
     p.add_argument("--batch-size", type=int)
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_weights_argument(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -220,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unknown-below", type=float, metavar="P",
                    help="answer 'unknown' when the top class's probability (after the checkpoint's fitted "
                         "temperature, see fgir calibrate) is below P, e.g. 0.5; the top-k list is kept")
+    _add_weights_argument(p)
     p.set_defaults(func=cmd_predict, trailing="images")
 
     p = verbs.add_parser("explain", help="GLSim figures: similarity heat map, box, crop, attention maps")
@@ -227,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", help="image files or folders")
     p.add_argument("--out", default="explanations", help="output folder for <stem>_explain.png files")
     p.add_argument("--device", default="auto")
+    _add_weights_argument(p)
     p.set_defaults(func=cmd_explain, trailing="images")
 
     p = verbs.add_parser("calibrate", help="fit a temperature on the validation split and store it in the "
@@ -243,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--unknown-below", type=float, metavar="P",
                    help="answer 'unknown' when the top class's probability is below P, as in fgir predict")
+    _add_weights_argument(p)
     p.set_defaults(func=cmd_serve)
 
     p = verbs.add_parser("bench", help="parameters, FLOPs, throughput, latency and memory of a model")
@@ -255,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iters", type=int, default=5, help="timed iterations")
     p.add_argument("--compile", action="store_true", help=COMPILE_HELP + "; the warm-up iterations pay for it")
     p.add_argument("--out", help="also write the JSON here")
+    _add_weights_argument(p)
     p.set_defaults(func=cmd_bench, trailing="overrides")
 
     p = verbs.add_parser("data", help="dataset tools")
@@ -310,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="an override for the YAML recipes among the sources (repeatable)")
+    _add_weights_argument(p)
     p.set_defaults(func=cmd_analyze_cka)
     p = analyze_verbs.add_parser("tradeoff", help="test top-1 vs GFLOPs of finished runs, bubble area = trainable "
                                                   "parameters (the ILA paper's PEFT figure)")
@@ -329,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "merged (needs neither peft nor the pretrained weights to load)")
     p.add_argument("checkpoint", help="a LoRA checkpoint file or run directory")
     p.add_argument("out", help="output .safetensors")
+    _add_weights_argument(p)
     p.set_defaults(func=cmd_convert_merge_lora)
 
     p = verbs.add_parser("config", help="the resolved configuration and the schema's keys")

@@ -48,10 +48,11 @@ class Recognizer:
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str = "auto",
-                        unknown_below: float | None = None) -> Recognizer:
+                        unknown_below: float | None = None, weights: str | os.PathLike | None = None) -> Recognizer:
         """Class names (and a calibrated temperature) come from the checkpoint; examples only if
-        its dataset is on disk. Below `unknown_below`, the answer is "unknown"."""
-        predictor = Predictor.from_checkpoint(path, device=device, unknown_below=unknown_below)
+        its dataset is on disk. Below `unknown_below`, the answer is "unknown". `weights`: the backbone
+        weights of an adapter-only checkpoint (see `restore_model`)."""
+        predictor = Predictor.from_checkpoint(path, device=device, unknown_below=unknown_below, weights=weights)
         return cls(predictor, predictor.data, example_images(predictor.data))
 
     @property

@@ -34,7 +34,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from fgir.config import Config, ConfigError, save_config, to_dict
+from fgir.config import Config, ConfigError, save_config, to_dict, with_absolute_paths
 from fgir.data import build_batch_mix, build_dataset, build_loader, build_transform, dataset_info
 from fgir.data.datasets import Batch
 from fgir.engine.acceleration import compile_model, set_grad_checkpointing, use_channels_last
@@ -261,7 +261,9 @@ def init_weights_from(net: nn.Module, source: str, new_head: bool) -> list[str]:
 def train(config: Config, progress: bool = True, stop_after_epochs: int | None = None) -> RunResult:
     """Run (or resume) the recipe. `stop_after_epochs` ends this call early, e.g. to fit a job's time
     limit; the schedule still spans `train.epochs` and `train.resume` continues the run later.
-    Under torchrun (WORLD_SIZE > 1) this joins the process group and trains with DDP."""
+    Under torchrun (WORLD_SIZE > 1) this joins the process group and trains with DDP.
+    Paths are made absolute first, so the saved config and checkpoints work from any folder."""
+    config = with_absolute_paths(config)
     check_before_work(config)
     device = resolve_device(config.train.device)
     ddp = init_distributed(device)

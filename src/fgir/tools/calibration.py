@@ -117,13 +117,15 @@ def calibrate_checkpoint(
     precision: str = "auto",
     batch_size: int | None = None,
     progress: bool = True,
+    weights: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Fit the temperature of a checkpoint (file or run directory) on `split` and store it in the
     checkpoint's metadata (the file is rewritten atomically; weights unchanged). Calibrating again
     replaces the stored temperature. Returns what was stored plus the checkpoint path.
+    `weights`: the backbone weights of an adapter-only checkpoint (see `restore_model`).
     """
     scored = score_split(checkpoint_path, split, data_overrides=data_overrides, device=device,
-                         precision=precision, batch_size=batch_size, progress=progress)
+                         precision=precision, batch_size=batch_size, progress=progress, weights=weights)
     temperature = fit_temperature(scored.logits, scored.labels)
     if temperature <= MIN_TEMPERATURE * 1.001:
         raise CalibrationError(

@@ -59,6 +59,7 @@ def evaluate_checkpoint(
     batch_size: int | None = None,
     progress: bool = True,
     compile: bool = False,
+    weights: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Score a checkpoint (file or run directory) on `split` and write the report into `out_dir`.
 
@@ -66,9 +67,11 @@ def evaluate_checkpoint(
     keys (`data.key=value` items, e.g. `data.root=/elsewhere` or `data.long_tail.head_above=50`);
     the image size must stay the model's. Returns what metrics.json holds: accuracies and ECE in %,
     the sample count and where everything went. `compile`: torch.compile with frozen weights.
+    `weights`: the backbone weights of an adapter-only checkpoint (see `restore_model`).
     """
     scored = score_split(checkpoint_path, split, data_overrides=data_overrides, device=device,
-                         precision=precision, batch_size=batch_size, progress=progress, compile=compile)
+                         precision=precision, batch_size=batch_size, progress=progress, compile=compile,
+                         weights=weights)
     path, data, class_names = scored.path, scored.data, scored.checkpoint.class_names
     out = Path(out_dir) if out_dir is not None else default_report_dir(path, split)
     logits, labels = scored.logits, scored.labels

@@ -37,17 +37,19 @@ RIGHT, WRONG = "\u2713", "\u2717"  # after the true class in a figure's title
 
 
 def explain_images(
-    checkpoint_path: PathInput, images: PathInput | Iterable[PathInput], out_dir: PathInput, device: str = "auto"
+    checkpoint_path: PathInput, images: PathInput | Iterable[PathInput], out_dir: PathInput, device: str = "auto",
+    weights: PathInput | None = None,
 ) -> list[Path]:
     """Write `<stem>_explain.png` into `out_dir` for every image (folders stand for their image
     files); returns the written paths in input order. Two inputs with the same stem get
-    `<stem>_<n>_explain.png` for the later ones instead of overwriting each other.
+    `<stem>_<n>_explain.png` for the later ones instead of overwriting each other. `weights`: the
+    backbone weights of an adapter-only checkpoint (see `restore_model`).
 
     The title gives the predicted class with the probability `fgir predict` shows (after the
     checkpoint's fitted temperature) and, for an image listed in one of the checkpoint's split
     files, its true class with a tick or a cross."""
     # The maps are computed outside the predictor's autocast: in float32 whatever its precision.
-    predictor = Predictor.from_checkpoint(checkpoint_path, device=device)
+    predictor = Predictor.from_checkpoint(checkpoint_path, device=device, weights=weights)
     model, data = predictor.model, predictor.data
     backbone = _backbone_of(model)
     true_labels = listed_labels(data, len(predictor.class_names))
