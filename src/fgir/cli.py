@@ -28,6 +28,10 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     path, overrides = _split_config_and_overrides(args.items)
     config = load_config(path, overrides)
+    if path is None and config.train.resume:
+        from fgir.engine.resume_config import load_run_config
+
+        config = load_run_config(config.train.resume, overrides)  # the run's own config, overrides on top
     result = train(config, progress=not args.no_progress, stop_after_epochs=args.stop_after_epochs)
     if int(os.environ.get("RANK", "0")) != 0:
         return  # under torchrun, rank 0 speaks for the run
@@ -205,8 +209,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fgir", description="Fine-grained image recognition with vision transformers.")
     verbs = parser.add_subparsers(dest="verb", required=True)
 
-    p = verbs.add_parser("train", help="train a model from a YAML recipe")
-    p.add_argument("items", nargs="*", metavar="CONFIG [KEY=VALUE ...]", help=f"a YAML recipe, then {USAGE_OVERRIDES}")
+    p = verbs.add_parser("train", help="train a model from a YAML recipe, or continue a run: "
+                                       "fgir train train.resume=<run dir> [KEY=VALUE ...]")
+    p.add_argument("items", nargs="*", metavar="CONFIG [KEY=VALUE ...]",
+                   help=f"a YAML recipe, then {USAGE_OVERRIDES}; with train.resume=<run dir> and no "
+                        "recipe, the run's own config.yaml is the recipe")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs stay)")
     p.add_argument("--stop-after-epochs", type=int, metavar="N",
                    help="end this call after N epochs (e.g. a job's time limit); continue later with train.resume=<run dir>")
