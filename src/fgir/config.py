@@ -292,12 +292,18 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[str, dict]
     if path in seen:
         chain = " -> ".join(str(p) for p in (*seen, path))
         raise ConfigError(f"include cycle: {chain}")
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a folder; give a YAML file")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
+        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: invalid YAML: {err}") from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not a UTF-8 text file (byte {err.start}: {err.reason}); save it as UTF-8") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read: {err.strerror}") from None
     if not isinstance(tree, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(tree).__name__}")
     includes = tree.pop("include", []) or []
@@ -332,11 +338,25 @@ def _merge_layer(base: DictConfig, origin: str, tree: dict) -> DictConfig:
     try:
         return OmegaConf.merge(base, tree)
     except OmegaConfBaseException as err:
-        key = getattr(err, "full_key", None) or "?"
-        expected = VALID_KEYS.get(key, "?")
-        raise ConfigError(
-            f"bad value for config key '{key}' ({origin}): expected {expected}; {err.msg if hasattr(err, 'msg') else err}"
-        ) from None
+        # An element of a list ('data.mean[0]') is reported as the list, the schema's unit.
+        key = (getattr(err, "full_key", None) or "?").split("[")[0]
+        got = _value_in(tree, key)
+        if key not in VALID_KEYS or got is _ABSENT:  # OmegaConf's first line, without its internals
+            raise ConfigError(f"bad value ({origin}): {str(err).splitlines()[0]}") from None
+        shown = "null" if got is None else f"{got!r} ({type(got).__name__})"
+        raise ConfigError(f"bad value for config key '{key}' ({origin}): expected {VALID_KEYS[key]}, got {shown}") from None
+
+
+_ABSENT = object()
+
+
+def _value_in(tree: dict, key: str) -> Any:
+    node: Any = tree
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _ABSENT
+        node = node[part]
+    return node
 
 
 def _compose(base: DictConfig, layers: list[tuple[str, dict]]) -> Config:
