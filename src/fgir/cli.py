@@ -56,13 +56,17 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
     print(json.dumps(result, indent=1))
 
 
-def cmd_predict(args: argparse.Namespace) -> None:
+def cmd_predict(args: argparse.Namespace) -> int:
     from fgir.tools.predictor import Predictor, format_predictions
 
     predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, batch_size=args.batch_size,
                                           unknown_below=args.unknown_below, compile=args.compile)
-    predictions = predictor.predict(args.images, topk=args.topk)
+    predictions = predictor.predict(args.images, topk=args.topk, on_error="skip")
     print(format_predictions(predictions, as_json=args.json))
+    unreadable = [p.error for p in predictions if p.error is not None]
+    for message in unreadable:
+        print(f"fgir predict: error: {message}", file=sys.stderr)
+    return 1 if unreadable else 0
 
 
 def cmd_explain(args: argparse.Namespace) -> None:
