@@ -84,6 +84,16 @@ def test_a_config_file_that_is_not_utf8_or_is_a_folder(tmp_path, capsys):
     assert f"config file {tmp_path} is a folder" in one_error_line(capsys, "train")
 
 
+def test_yaml_that_does_not_parse_names_file_line_and_column_or_the_override(tmp_path, capsys):
+    recipe = tmp_path / "tabs.yaml"
+    recipe.write_text("train:\n\tlr: 0.1\n")
+    assert main(["train", str(recipe)]) == 2
+    assert one_error_line(capsys, "train") == (f"fgir train: error: {recipe}:2:1: invalid YAML: "
+                                               "found character '\\t' that cannot start any token")
+    assert main(["train", "train.lr=[0.1"]) == 2
+    assert "command-line override 'train.lr=[0.1': the value is not valid YAML" in one_error_line(capsys, "train")
+
+
 def test_wrong_type_config_values_name_key_origin_expected_type_and_value(tmp_path, capsys):
     assert main(["train", "train.epochs=abc"]) == 2
     assert one_error_line(capsys, "train") == ("fgir train: error: bad value for config key 'train.epochs' "

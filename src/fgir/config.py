@@ -299,7 +299,9 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[str, dict]
     try:
         tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: invalid YAML: {err}") from err
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        raise ConfigError(f"{where}: invalid YAML: {getattr(err, 'problem', None) or err}") from None
     except UnicodeDecodeError as err:
         raise ConfigError(f"{path}: not a UTF-8 text file (byte {err.start}: {err.reason}); save it as UTF-8") from None
     except OSError as err:
@@ -322,7 +324,11 @@ def _dotlist_to_tree(overrides: list[str]) -> list[tuple[str, dict]]:
         if "=" not in item:
             raise ConfigError(f"command-line override '{item}' is not of the form key=value")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else None
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"command-line override '{item}': the value is not valid YAML "
+                              f"({getattr(err, 'problem', None) or err}); quote it to pass text") from None
         tree: dict = {}
         node = tree
         parts = key.strip().split(".")
