@@ -7,6 +7,8 @@ import os
 import numpy as np
 from PIL import Image, ImageOps
 
+from fgir.errors import FgirError
+
 WHITE = (255, 255, 255)
 # EXIF orientations that swap width and height (transpose, rotate 90/270, transverse).
 _SWAPS_AXES = {5, 6, 7, 8}
@@ -14,7 +16,7 @@ _EXIF_ORIENTATION = 0x0112
 _SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 
 
-class ImageReadError(OSError):
+class ImageReadError(FgirError, OSError):
     """An image file that is missing or cannot be decoded; the message names the file and why."""
 
 

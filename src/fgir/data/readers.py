@@ -16,11 +16,13 @@ from typing import NamedTuple
 
 import numpy as np
 
+from fgir.errors import FgirError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 BOX_COLUMNS = ("x0", "y0", "x1", "y1")
 
 
-class DatasetFileError(ValueError):
+class DatasetFileError(FgirError, ValueError):
     """A split, label or class-name file (or folder) that cannot be used; names file and line."""
 
 
