@@ -93,6 +93,9 @@ class DataConfig:
     # images out of their batch and lists them at the end of each epoch (metrics.json `skipped_images`);
     # evaluation reports them and how many images were scored.
     on_error: str = "fail"
+    # Images with more pixels are refused before decoding, by every verb (train, eval, check, predict,
+    # serve): a decoded 40 MP image holds about 300 MB in each process that reads it.
+    max_image_pixels: int = 40_000_000
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     long_tail: LongTailConfig = field(default_factory=LongTailConfig)
 
@@ -359,7 +362,8 @@ def apply_overrides(config: Config, overrides: list[str]) -> Config:
 
 
 POSITIVE = ("train.lr", "train.epochs", "train.grad_accum_steps", "train.eval_every", "train.max_bad_steps",
-            "data.image_size", "data.batch_size", "data.eval_batch_size", "data.resize_ratio", "model.glsim.top_o",
+            "data.image_size", "data.batch_size", "data.eval_batch_size", "data.resize_ratio", "data.max_image_pixels",
+            "model.glsim.top_o",
             "model.ifa.temperature", "model.ifa.exclusion_distance",
             "model.peft.bottleneck", "model.peft.prompt_length", "model.peft.lora_rank", "model.peft.lora_alpha")
 NON_NEGATIVE = ("train.warmup_steps", "train.weight_decay", "train.grad_clip", "train.min_lr", "train.warmup_lr",

@@ -16,6 +16,7 @@ import re
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -139,7 +140,8 @@ def check_dataset(
             report.counts[split], found = _scan_split_file(location, data.format, num_classes, image_root, report)
         entries += found
     _check_leakage(entries, report)
-    _check_images(entries, open_images, progress, report)
+    check = partial(_read_problem, max_pixels=data.max_image_pixels) if open_images else _exists_problem
+    _check_images(entries, check, progress, report)
     return report
 
 
@@ -285,10 +287,10 @@ def _check_leakage(entries: list[_Entry], report: CheckReport) -> None:
             )
 
 
-def _check_images(entries: list[_Entry], open_images: bool, progress: bool, report: CheckReport) -> None:
-    """Each distinct image is opened (or stat-ed) once; a failure is reported at every listing."""
+def _check_images(entries: list[_Entry], check: Callable[[str], str | None], progress: bool,
+                  report: CheckReport) -> None:
+    """Each distinct image is checked (decoded or stat-ed) once; a failure is reported at every listing."""
     images = list(dict.fromkeys(entry.image for entry in entries))
-    check = _read_problem if open_images else _exists_problem
     with ThreadPoolExecutor() as pool:
         results = pool.map(check, images)
         found = dict(zip(images, tqdm(results, total=len(images), desc="checking images", unit="img",
@@ -298,9 +300,9 @@ def _check_images(entries: list[_Entry], open_images: bool, progress: bool, repo
             report.problems.append(Problem(entry.file, entry.line, found[entry.image]))
 
 
-def _read_problem(image: str) -> str | None:
+def _read_problem(image: str, max_pixels: int) -> str | None:
     try:
-        read_image(image)
+        read_image(image, max_pixels=max_pixels)
     except ImageReadError as err:
         return str(err)
     return None

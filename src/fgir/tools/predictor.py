@@ -101,7 +101,8 @@ class Predictor:
         predictions: list[Prediction] = []
         for start in range(0, len(sources), self.batch_size):
             batch = sources[start:start + self.batch_size]
-            probabilities = self.probabilities(torch.stack([self.transform(open_image(item)) for _, item in batch]))
+            probabilities = self.probabilities(torch.stack([self.transform(open_image(item, self.data.max_image_pixels))
+                                                            for _, item in batch]))
             top = probabilities.topk(k, dim=1)
             for (name, _), values, indices in zip(batch, top.values.tolist(), top.indices.tolist(), strict=True):
                 scores = [ClassScore(i, self.class_names[i], p) for i, p in zip(indices, values, strict=True)]
@@ -140,9 +141,9 @@ def image_files(folder: Path) -> list[Path]:
                   if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file())
 
 
-def open_image(item: ImageInput) -> Image.Image:
+def open_image(item: ImageInput, max_pixels: int = DataConfig.max_image_pixels) -> Image.Image:
     # Files go through read_image: orientation, 16-bit and alpha handled; errors name the file.
-    return item.convert("RGB") if isinstance(item, Image.Image) else read_image(item)
+    return item.convert("RGB") if isinstance(item, Image.Image) else read_image(item, max_pixels=max_pixels)
 
 
 def format_predictions(predictions: list[Prediction], as_json: bool = False) -> str:
