@@ -96,6 +96,9 @@ class DataConfig:
     # Images with more pixels are refused before decoding, by every verb (train, eval, check, predict,
     # serve): a decoded 40 MP image holds about 300 MB in each process that reads it.
     max_image_pixels: int = 40_000_000
+    # Open every listed image's header before any work (fgir.data.preflight), so a bad file stops a run at
+    # its start, not hours in: on, off, or auto (on when the splits list fewer than 150,000 images).
+    preflight: str = "auto"
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     long_tail: LongTailConfig = field(default_factory=LongTailConfig)
 
@@ -219,6 +222,7 @@ CHOICES = {
     "data.test_resize": ("crop", "direct"),
     "data.transform_backend": ("tensor", "pil"),
     "data.on_error": ("fail", "skip"),
+    "data.preflight": ("auto", "on", "off"),
     "train.optimizer": ("sgd", "adamw"),
     "train.class_weights": ("none", "inverse_sqrt", "effective_number"),
     "train.precision": ("auto", "fp32", "bf16", "fp16"),
@@ -380,6 +384,8 @@ def _value(config: Config, key: str) -> Any:
 
 def validate(config: Config) -> None:
     """Reject values no run could use, before any work starts."""
+    # YAML reads a bare on / off as a boolean, which this str key receives as 'True' / 'False'.
+    config.data.preflight = {"True": "on", "False": "off"}.get(config.data.preflight, config.data.preflight)
     for key, allowed in CHOICES.items():
         value = _value(config, key)
         if value not in allowed:

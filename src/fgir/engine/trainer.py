@@ -37,6 +37,7 @@ from tqdm import tqdm
 from fgir.config import Config, ConfigError, save_config, to_dict
 from fgir.data import build_batch_mix, build_dataset, build_loader, build_transform, dataset_info
 from fgir.data.datasets import Batch
+from fgir.data.preflight import preflight
 from fgir.engine.acceleration import compile_model, set_grad_checkpointing, use_channels_last
 from fgir.engine.checkpoint import (
     CheckpointError,
@@ -288,6 +289,7 @@ def _train(config: Config, progress: bool, stop_after_epochs: int | None, device
                                 pin_memory=device.type == "cuda", rank=ddp.rank, world_size=ddp.world_size)
     val_loader = eval_loader(config, "val", device, ddp) if config.data.val else None
     batch_mix = build_batch_mix(config.data, num_classes)
+    preflight(config.data, progress=progress, echo=ddp.is_main)  # every split's images, before any work
 
     # Model, optimizer, schedule (per optimizer step). A resumed run takes every weight from its
     # checkpoint, so it does not fetch pretrained weights again (it may run offline); neither does
