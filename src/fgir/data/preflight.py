@@ -4,9 +4,9 @@ An unreadable image otherwise stops a run only when a batch first holds it: in e
 in epoch 1's drop_last remainder, or at the very end when it is a test image. Here each listed file
 is opened once, in a thread pool: Pillow parses its header (format and size, no pixels), the
 `data.max_image_pixels` limit is applied, and a JPEG (MPO included) or PNG must end with its end
-marker (EOI, IEND). A file that fails any of these is decoded as training would decode it (a JPEG
-at 1/8 scale), so a truncated file is told from one with data after its picture (motion photos)
-and reported with the loader's own message.
+marker (EOI, IEND). A file that fails any of these is decoded by `read_image` (a JPEG at 1/8
+scale), so a truncated file is told from one with data after its picture (motion photos) and
+reported with the loader's own message.
 
 What this does not catch, the loader still reports under `data.on_error`: damage inside a file
 whose end is intact (a corrupt scan segment), and a WEBP, GIF, BMP or TIFF cut short after its
@@ -60,12 +60,12 @@ def preflight(data: DataConfig, splits: Iterable[str] = SPLITS, *, progress: boo
     (the other processes of a distributed run)."""
     datasets = {split: build_dataset(data, split, None) for split in splits if getattr(data, split) is not None}
     result = Preflight(warnings=shared_image_warnings(datasets))
+    for message in result.warnings if echo else ():
+        print(f"warning: {message}", file=sys.stderr)
     images = list(dict.fromkeys(path for dataset in datasets.values() for path in dataset.paths))
     if data.preflight == "on" or (data.preflight == "auto" and len(images) < AUTO_LIMIT):
         result.checked = len(images)
         result.problems = image_problems(images, data.max_image_pixels, progress)
-    for message in result.warnings if echo else ():
-        print(f"warning: {message}", file=sys.stderr)
     if result.problems and data.on_error == "fail":
         found = f"found by data.preflight={data.preflight} before starting; data.on_error=skip leaves such images out"
         raise PreflightError(_listing(result.problems, len(images), found))
