@@ -100,6 +100,12 @@ class DataConfig:
     # images out of their batch and lists them at the end of each epoch (metrics.json `skipped_images`);
     # evaluation reports them and how many images were scored.
     on_error: str = "fail"
+    # Images with more pixels are refused before decoding, by every verb (train, eval, check, predict,
+    # serve): a decoded 40 MP image holds about 300 MB in each process that reads it.
+    max_image_pixels: int = 40_000_000
+    # Open every listed image's header before any work (fgir.data.preflight), so a bad file stops a run at
+    # its start, not hours in: on, off, or auto (on when the splits list fewer than 150,000 images).
+    preflight: str = "auto"
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     long_tail: LongTailConfig = field(default_factory=LongTailConfig)
 
@@ -223,6 +229,7 @@ CHOICES = {
     "data.test_resize": ("crop", "direct"),
     "data.transform_backend": ("tensor", "pil"),
     "data.on_error": ("fail", "skip"),
+    "data.preflight": ("auto", "on", "off"),
     "train.optimizer": ("sgd", "adamw"),
     "train.class_weights": ("none", "inverse_sqrt", "effective_number"),
     "train.precision": ("auto", "fp32", "bf16", "fp16"),
@@ -402,7 +409,8 @@ def apply_overrides(config: Config, overrides: list[str]) -> Config:
 
 
 POSITIVE = ("train.lr", "train.epochs", "train.grad_accum_steps", "train.eval_every", "train.max_bad_steps",
-            "data.image_size", "data.batch_size", "data.eval_batch_size", "data.resize_ratio", "model.glsim.top_o",
+            "data.image_size", "data.batch_size", "data.eval_batch_size", "data.resize_ratio", "data.max_image_pixels",
+            "model.glsim.top_o",
             "model.ifa.temperature", "model.ifa.exclusion_distance",
             "model.peft.bottleneck", "model.peft.prompt_length", "model.peft.lora_rank", "model.peft.lora_alpha")
 NON_NEGATIVE = ("train.warmup_steps", "train.weight_decay", "train.grad_clip", "train.min_lr", "train.warmup_lr",
@@ -419,6 +427,8 @@ def _value(config: Config, key: str) -> Any:
 
 def validate(config: Config) -> None:
     """Reject values no run could use, before any work starts."""
+    # YAML reads a bare on / off as a boolean, which this str key receives as 'True' / 'False'.
+    config.data.preflight = {"True": "on", "False": "off"}.get(config.data.preflight, config.data.preflight)
     for key, allowed in CHOICES.items():
         value = _value(config, key)
         if value not in allowed:

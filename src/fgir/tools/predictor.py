@@ -115,7 +115,7 @@ class Predictor:
             for position in range(start, min(start + self.batch_size, len(sources))):
                 name, item = sources[position]
                 try:
-                    readable.append((position, self.transform(open_image(item))))
+                    readable.append((position, self.transform(open_image(item, self.data.max_image_pixels))))
                 except ImageReadError as err:
                     if on_error == "fail":
                         raise
@@ -161,9 +161,9 @@ def image_files(folder: Path) -> list[Path]:
                   if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file())
 
 
-def open_image(item: ImageInput) -> Image.Image:
+def open_image(item: ImageInput, max_pixels: int = DataConfig.max_image_pixels) -> Image.Image:
     # Files go through read_image: orientation, 16-bit and alpha handled; errors name the file.
-    return item.convert("RGB") if isinstance(item, Image.Image) else read_image(item)
+    return item.convert("RGB") if isinstance(item, Image.Image) else read_image(item, max_pixels=max_pixels)
 
 
 def format_predictions(predictions: list[Prediction], as_json: bool = False) -> str:
