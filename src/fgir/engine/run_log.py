@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from fgir.config import Config, to_dict
+from fgir.config import Config, ConfigError, to_dict
 from fgir.fileio import atomic_write_text
 
 # Per-epoch row entries that are not logged as scalars: logged per step, or the axes themselves.
@@ -55,7 +55,7 @@ class RunLog:
             try:
                 import wandb
             except ImportError as err:
-                raise RuntimeError("train.wandb=true needs the wandb package: pip install wandb") from err
+                raise ConfigError("train.wandb=true needs the wandb package: pip install wandb") from err
             self.wandb = wandb.init(project=config.train.wandb_project, name=self.run_dir.name,
                                     config=to_dict(config), dir=str(self.run_dir), resume="allow")
 

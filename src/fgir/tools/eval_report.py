@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from fgir.config import DataConfig
-from fgir.data import DatasetFileError, build_dataset
+from fgir.data import build_dataset
 from fgir.engine.longtail import GROUPS, binned_accuracy, class_frequencies, long_tail_metrics
 from fgir.engine.metrics import (
     answered_at,
@@ -165,7 +165,7 @@ def training_counts(data: DataConfig, num_classes: int) -> tuple[torch.Tensor | 
     the reason when the split cannot be read (then the report skips the frequency groups)."""
     try:
         train = build_dataset(data, "train", transform=None)
-    except (FgirError, DatasetFileError, OSError) as err:
+    except (FgirError, OSError) as err:
         return None, f"train split unavailable, no head/medium/tail groups ({err})"
     return class_frequencies(train.labels, num_classes), ""
 
