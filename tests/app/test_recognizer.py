@@ -80,3 +80,11 @@ def test_examples_are_one_test_image_per_class_when_the_dataset_is_on_disk(tiny_
         first_per_class.setdefault(label, str(tmp_path / "synthetic" / relative))
     assert examples == list(first_per_class.values()) and len(examples) == 3  # three classes
     assert example_images(data, count=2) == examples[:2]
+
+
+def test_examples_never_replace_a_synthetic_set_generated_with_other_parameters(tiny_config, tmp_path):
+    ensure_synthetic(tiny_config().data)
+    root = tmp_path / "synthetic"
+    before = {path: path.read_bytes() for path in root.rglob("*") if path.is_file()}
+    assert example_images(tiny_config("data.synthetic.seed=1").data) == []  # same folder, another set
+    assert {path: path.read_bytes() for path in root.rglob("*") if path.is_file()} == before
