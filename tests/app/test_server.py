@@ -1,12 +1,16 @@
 import gradio as gr
 import numpy as np
 import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
 
 from fgir import cli
 from fgir.app import server
 from fgir.app.limits import MAX_UPLOAD_BYTES
 from fgir.app.recognizer import Recognizer
-from fgir.app.server import NO_IMAGE, build_app, host_warning, launch, respond
+from fgir.app.server import build_app, host_warning, launch, respond
+
+from .conftest import free_port
 
 
 def test_respond_returns_the_top5_the_heat_map_and_the_crop(glsim_checkpoint, picture):
@@ -24,9 +28,31 @@ def test_respond_turns_refusals_into_messages_for_the_page(glsim_checkpoint, tmp
     fake.write_text("a text file renamed .png")
     with pytest.raises(gr.Error, match=r"notes\.png is not an image file that can be read"):
         respond(recognizer, {"path": str(fake), "orig_name": "notes.png"})
-    for empty in (None, {"path": None}):
-        with pytest.raises(gr.Error, match=NO_IMAGE):
-            respond(recognizer, empty)
+
+
+def test_the_api_answers_a_picture_and_refuses_a_bad_file_without_a_traceback_in_the_log(glsim_checkpoint, picture,
+                                                                                           tmp_path, capfd):
+    recognizer = Recognizer.from_checkpoint(glsim_checkpoint[0], device="cpu")
+    bad = tmp_path / "notes.png"
+    bad.write_text("a text file renamed .png")
+    app = build_app(recognizer)
+    client = Client(launch(app, port=free_port(), block=False), verbose=False, download_files=False)
+    try:
+        verdict, top, heat_map, crop = client.predict(handle_file(str(picture)), api_name="/recognise")
+        assert [entry["label"] for entry in top["confidences"]] == list(recognizer.answer(picture, "x.png").top)
+        assert verdict == "" and heat_map["path"] and crop["path"]
+        with pytest.raises(AppError, match=r"notes\.png is not an image file that can be read"):
+            client.predict(handle_file(str(bad)), api_name="/recognise")
+    finally:
+        client.close()
+        app.close()
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_cleared_picture_clears_the_answer(glsim_checkpoint):
+    recognizer = Recognizer.from_checkpoint(glsim_checkpoint[0], device="cpu")
+    for cleared in (None, {"path": None}):
+        assert respond(recognizer, cleared) == ("", None, None, None)
 
 
 def test_under_the_threshold_the_page_says_unknown_and_still_lists_the_closest(glsim_checkpoint, picture):

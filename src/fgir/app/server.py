@@ -17,8 +17,10 @@ import gradio as gr
 from fgir.app.limits import ACCEPTED_FORMATS, MAX_PIXELS, MAX_UPLOAD_BYTES, UploadError
 from fgir.app.recognizer import TOP_K, Recognizer
 
-NO_IMAGE = "Choose, drop or paste a picture first."
 IMAGE_HEIGHT = 280  # pixels: the height of each picture box on the page
+# Gradio shows pictures with `object-fit: scale-down`, which never enlarges one: a 224 px map would
+# sit small in its box. `contain` fills the box and keeps the aspect ratio.
+PAGE_CSS = "#heat-map img, #crop img { object-fit: contain; }"
 
 
 def build_app(recognizer: Recognizer) -> gr.Blocks:
@@ -35,7 +37,6 @@ def build_app(recognizer: Recognizer) -> gr.Blocks:
             with gr.Column():
                 picture = gr.Image(label="picture", type="filepath", sources=["upload", "clipboard"],
                                    height=IMAGE_HEIGHT, elem_id="picture")
-                submit = gr.Button("Recognise", variant="primary")
             with gr.Column():
                 verdict = gr.Markdown(elem_id="verdict")
                 classes = gr.Label(label=f"top {TOP_K}", num_top_classes=TOP_K, elem_id="classes")
@@ -44,23 +45,25 @@ def build_app(recognizer: Recognizer) -> gr.Blocks:
                 crop = gr.Image(label="the crop GLSim looked at again", interactive=False, height=IMAGE_HEIGHT,
                                 elem_id="crop", visible=recognizer.is_glsim)
         if recognizer.examples:
-            gr.Examples(recognizer.examples, inputs=picture, label="examples from the test split")
-        # preprocess=False: the callback checks the raw upload itself, so a bad file gets our
-        # readable message instead of a decoding error inside Gradio.
-        submit.click(partial(respond, recognizer), inputs=picture, outputs=[verdict, classes, heat_map, crop],
-                     preprocess=False)
+            gr.Examples(recognizer.examples, inputs=picture, label="examples from the test split", elem_id="examples")
+        # The answer comes as soon as a picture arrives (upload, paste or example); clearing it
+        # clears the answer. preprocess=False: the callback checks the raw upload itself, so a bad
+        # file gets our readable message instead of a decoding error inside Gradio.
+        picture.change(partial(respond, recognizer), inputs=picture, outputs=[verdict, classes, heat_map, crop],
+                       preprocess=False, api_name="recognise",
+                       api_description="The top classes of one picture and where the model looked.")
     return app
 
 
-def respond(recognizer: Recognizer, upload: dict | None) -> tuple[str, dict[str, float], object, object]:
-    """The click handler: Gradio's file payload in, the four outputs out; refusals become gr.Error,
-    which the page shows as a message."""
+def respond(recognizer: Recognizer, upload: dict | None) -> tuple[str, dict[str, float] | None, object, object]:
+    """The handler of a new picture: Gradio's file payload in, the four outputs out (all empty when
+    the picture was cleared); refusals become gr.Error, which the page shows as a message."""
     if not upload or not upload.get("path"):
-        raise gr.Error(NO_IMAGE)
+        return "", None, None, None
     try:
         answer = recognizer.answer(upload["path"], upload.get("orig_name") or "the picture")
     except UploadError as err:
-        raise gr.Error(str(err)) from err
+        raise gr.Error(str(err), print_exception=False) from err  # a refusal, not a fault: no traceback in the log
     return verdict_text(recognizer, answer.unknown), answer.top, answer.heat_map, answer.crop
 
 
@@ -93,7 +96,7 @@ def launch(app: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, share: boo
         print(warning, file=sys.stderr)
     app.queue(default_concurrency_limit=1)  # one model: requests take turns rather than share the cores
     app.launch(server_name=host, server_port=port, share=share, max_file_size=MAX_UPLOAD_BYTES,
-               prevent_thread_lock=not block, ssr_mode=False, quiet=not block)
+               prevent_thread_lock=not block, ssr_mode=False, quiet=not block, css=PAGE_CSS)
     return app.local_url
 
 
