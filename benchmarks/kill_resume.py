@@ -30,6 +30,8 @@ from pathlib import Path
 
 import torch
 
+from fgir.config import load_config
+from fgir.data import ensure_synthetic
 from fgir.engine.checkpoint import load_checkpoint
 
 TIMING_KEYS = ("train_img_per_s", "epoch_s")
@@ -106,8 +108,8 @@ def same_result(a: Path, b: Path) -> tuple[bool, bool]:
 
 
 def timed_reference_run(command: list[str], run_dir: Path, timeout: float) -> tuple[float, float]:
-    """Run to the end; returns (seconds until the run directory got its config.yaml, i.e. start-up,
-    total seconds)."""
+    """Run to the end; returns (seconds until the run directory got its config.yaml, i.e. start-up:
+    imports, data and model built, total seconds)."""
     start = time.perf_counter()
     process = subprocess.Popen(command, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     startup = None
@@ -160,6 +162,7 @@ def kill_and_resume(root: Path, kills: int, epochs: int = 3, seed: int = 0, max_
     (at least `kills` of them, if the run lasts long enough); compare the two."""
     rng = random.Random(seed)
     overrides = tiny_run_overrides(root, epochs)
+    ensure_synthetic(load_config(None, overrides).data)  # generated once, not part of any attempt's start-up
     startup, reference_s = timed_reference_run(train_command([*overrides, "train.run_name=reference"]),
                                                root / "runs" / "reference", timeout=1800)
     step_s = max(reference_s - startup, 0.5) / (epochs * STEPS_PER_EPOCH)

@@ -1,6 +1,8 @@
 """Shared fixtures: a tiny ViT and a tiny synthetic dataset so end-to-end tests run in seconds."""
 
 import pytest
+import safetensors.torch
+import timm
 import torch
 
 from fgir.config import load_config
@@ -93,3 +95,12 @@ class AotEagerCompiler:
 
         self.frozen_weights.append(frozen_weights)
         return compile_model(model, backend="aot_eager")
+
+
+def save_random_vit(path, seed: int = 0, name: str = "vit_tiny_patch16_224", img_size: int = 32, **model_args):
+    """A random timm ViT's headless state dict saved as the "pretrained" file a user points
+    model.weights at (another seed: another backbone); returns the state dict."""
+    torch.manual_seed(seed)
+    state = timm.create_model(name, pretrained=False, num_classes=0, img_size=img_size, **model_args).state_dict()
+    safetensors.torch.save_file(state, str(path))
+    return state

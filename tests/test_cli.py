@@ -21,7 +21,7 @@ def test_train_then_predict_eval_and_bench_from_the_checkpoint_alone(tmp_path, c
     predictions = json.loads(capsys.readouterr().out)
     assert len(predictions) == 1 and len(predictions[0]["topk"]) == 2
 
-    assert main(["eval", str(checkpoint), f"data.root={moved}", "--no-progress"]) == 0
+    assert main(["eval", str(checkpoint), f"data.root={moved}", "--no-progress", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["num_samples"] == 9 and (tmp_path / "runs" / "cli" / "eval-test" / "predictions.csv").is_file()
 

@@ -81,3 +81,9 @@ def test_saved_config_loads_back_identically(tmp_path):
     save_config(config, tmp_path / "config.yaml")
     assert to_dict(load_config(tmp_path / "config.yaml")) == to_dict(config)
     assert not list(tmp_path.glob(".*tmp"))  # no temporary file left behind
+
+
+@pytest.mark.parametrize("key", ["model.name", "model.arch", "model.model"])
+def test_names_users_try_for_the_backbone_point_at_model_backbone(key):
+    with pytest.raises(ConfigError, match=rf"unknown config key '{key}' .*; did you mean 'model.backbone'\?$"):
+        load_config(None, [f"{key}=vit_tiny_patch16_224"])

@@ -28,6 +28,10 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     path, overrides = _split_config_and_overrides(args.items)
     config = load_config(path, overrides)
+    if path is None and config.train.resume:
+        from fgir.engine.resume_config import load_run_config
+
+        config = load_run_config(config.train.resume, overrides)  # the run's own config, overrides on top
     result = train(config, progress=not args.no_progress, stop_after_epochs=args.stop_after_epochs)
     if int(os.environ.get("RANK", "0")) != 0:
         return  # under torchrun, rank 0 speaks for the run
@@ -37,28 +41,30 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from fgir.tools.eval_report import evaluate_checkpoint
+    from fgir.tools.eval_report import evaluate_checkpoint, format_report
 
     report = evaluate_checkpoint(args.checkpoint, split=args.split, data_overrides=args.overrides,
                                  out_dir=args.out, device=args.device, precision=args.precision,
-                                 batch_size=args.batch_size, progress=not args.no_progress, compile=args.compile)
-    print(json.dumps(report, indent=1))
+                                 batch_size=args.batch_size, progress=not args.no_progress, compile=args.compile,
+                                 weights=args.weights)
+    print(json.dumps(report, indent=1) if args.json else format_report(report))
 
 
 def cmd_calibrate(args: argparse.Namespace) -> None:
-    from fgir.tools.calibration import calibrate_checkpoint
+    from fgir.tools.calibration import calibrate_checkpoint, format_calibration
 
     result = calibrate_checkpoint(args.checkpoint, split=args.split, data_overrides=args.overrides,
                                   device=args.device, precision=args.precision, batch_size=args.batch_size,
-                                  progress=not args.no_progress)
-    print(json.dumps(result, indent=1))
+                                  progress=not args.no_progress, weights=args.weights)
+    print(json.dumps(result, indent=1) if args.json else format_calibration(result))
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
     from fgir.tools.predictor import Predictor, format_predictions
 
     predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, batch_size=args.batch_size,
-                                          unknown_below=args.unknown_below, compile=args.compile)
+                                          unknown_below=args.unknown_below, compile=args.compile,
+                                          weights=args.weights)
     predictions = predictor.predict(args.images, topk=args.topk)
     print(format_predictions(predictions, as_json=args.json))
 
@@ -66,7 +72,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
 def cmd_explain(args: argparse.Namespace) -> None:
     from fgir.tools.explain import explain_images
 
-    for path in explain_images(args.checkpoint, args.images, args.out, device=args.device):
+    for path in explain_images(args.checkpoint, args.images, args.out, device=args.device, weights=args.weights):
         print(path)
 
 
@@ -74,7 +80,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from fgir.app.server import serve
 
     serve(args.checkpoint, host=args.host, port=args.port, share=args.share, device=args.device,
-          unknown_below=args.unknown_below, concurrency=args.concurrency)
+          unknown_below=args.unknown_below, weights=args.weights, concurrency=args.concurrency)
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -82,7 +88,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
     result = benchmark_target(args.target, args.overrides, device=args.device, batch_size=args.batch_size,
                               precision=args.precision, warmup=args.warmup, iters=args.iters,
-                              compile=args.compile)
+                              compile=args.compile, weights=args.weights)
     text = json.dumps(result, indent=1)
     if args.out:
         from fgir.fileio import atomic_write_text
@@ -139,7 +145,7 @@ def cmd_analyze_cka(args: argparse.Namespace) -> None:
     from fgir.tools.cka import analyze_cka
 
     _, path = analyze_cka(args.sources, args.images, args.out, args.features, args.kernel, args.batch_size,
-                          args.device, args.overrides)
+                          args.device, args.overrides, weights=args.weights)
     print(path)
 
 
@@ -156,7 +162,7 @@ def cmd_analyze_tradeoff(args: argparse.Namespace) -> None:
 def cmd_convert_merge_lora(args: argparse.Namespace) -> None:
     from fgir.tools.merge_lora import save_merged_lora
 
-    print(save_merged_lora(args.checkpoint, args.out))
+    print(save_merged_lora(args.checkpoint, args.out, weights=args.weights))
 
 
 def cmd_convert_glsim(args: argparse.Namespace) -> None:
@@ -165,6 +171,26 @@ def cmd_convert_glsim(args: argparse.Namespace) -> None:
     out = convert_glsim_reference(args.src, args.out, num_classes=args.num_classes, class_names=args.class_names)
     print(f"checkpoint:   {out}")
     print(f"predict with: fgir predict {out} <image or folder>")
+
+
+def _add_weights_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights", metavar="PATH",
+                   help="the pretrained backbone weights (file or folder) of an adapter-only checkpoint (ILA, "
+                        "PEFT), if not where it was trained; their SHA-256 must match. A full checkpoint holds "
+                        "its backbone and ignores this")
+
+
+def cmd_config_show(args: argparse.Namespace) -> None:
+    from fgir.config_inspect import config_with_origins, format_with_origins
+
+    path, overrides = _split_config_and_overrides(args.items)
+    print(format_with_origins(*config_with_origins(path, overrides)))
+
+
+def cmd_config_keys(args: argparse.Namespace) -> None:
+    from fgir.config_inspect import format_keys, schema_help
+
+    print(format_keys(schema_help(), prefix=args.prefix or ""))
 
 
 def _add_split_scoring_arguments(p: argparse.ArgumentParser, split: str, split_help: str) -> None:
@@ -176,14 +202,18 @@ def _add_split_scoring_arguments(p: argparse.ArgumentParser, split: str, split_h
     p.add_argument("--batch-size", type=int)
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_weights_argument(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fgir", description="Fine-grained image recognition with vision transformers.")
     verbs = parser.add_subparsers(dest="verb", required=True)
 
-    p = verbs.add_parser("train", help="train a model from a YAML recipe")
-    p.add_argument("items", nargs="*", metavar="CONFIG [KEY=VALUE ...]", help=f"a YAML recipe, then {USAGE_OVERRIDES}")
+    p = verbs.add_parser("train", help="train a model from a YAML recipe, or continue a run: "
+                                       "fgir train train.resume=<run dir> [KEY=VALUE ...]")
+    p.add_argument("items", nargs="*", metavar="CONFIG [KEY=VALUE ...]",
+                   help=f"a YAML recipe, then {USAGE_OVERRIDES}; with train.resume=<run dir> and no "
+                        "recipe, the run's own config.yaml is the recipe")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs stay)")
     p.add_argument("--stop-after-epochs", type=int, metavar="N",
                    help="end this call after N epochs (e.g. a job's time limit); continue later with train.resume=<run dir>")
@@ -193,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_split_scoring_arguments(p, split="test", split_help="the split to score (default: test)")
     p.add_argument("--out", help="output folder (default: <run>/eval-<split>)")
     p.add_argument("--compile", action="store_true", help=COMPILE_HELP)
+    p.add_argument("--json", action="store_true", help="print metrics.json instead of a summary")
     p.set_defaults(func=cmd_eval, trailing="overrides")
 
     p = verbs.add_parser("predict", help="top-k classes for images or folders of images")
@@ -206,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unknown-below", type=float, metavar="P",
                    help="answer 'unknown' when the top class's probability (after the checkpoint's fitted "
                         "temperature, see fgir calibrate) is below P, e.g. 0.5; the top-k list is kept")
+    _add_weights_argument(p)
     p.set_defaults(func=cmd_predict, trailing="images")
 
     p = verbs.add_parser("explain", help="GLSim figures: similarity heat map, box, crop, attention maps")
@@ -213,11 +245,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", help="image files or folders")
     p.add_argument("--out", default="explanations", help="output folder for <stem>_explain.png files")
     p.add_argument("--device", default="auto")
+    _add_weights_argument(p)
     p.set_defaults(func=cmd_explain, trailing="images")
 
     p = verbs.add_parser("calibrate", help="fit a temperature on the validation split and store it in the "
                                            "checkpoint (predict, eval and serve then use it)")
     _add_split_scoring_arguments(p, split="val", split_help="held-out images to fit on (default: val)")
+    p.add_argument("--json", action="store_true", help="print what was stored as JSON instead of a summary")
     p.set_defaults(func=cmd_calibrate, trailing="overrides")
 
     p = verbs.add_parser("serve", help="web demo: upload a picture, see the top-5 classes and where the model looked")
@@ -228,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--unknown-below", type=float, metavar="P",
                    help="answer 'unknown' when the top class's probability is below P, as in fgir predict")
+    _add_weights_argument(p)
     p.add_argument("--concurrency", type=int, default=1, metavar="N",
                    help="pictures answered at once, the others wait their turn (default 1: one inference "
                         "already uses every core)")
@@ -243,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iters", type=int, default=5, help="timed iterations")
     p.add_argument("--compile", action="store_true", help=COMPILE_HELP + "; the warm-up iterations pay for it")
     p.add_argument("--out", help="also write the JSON here")
+    _add_weights_argument(p)
     p.set_defaults(func=cmd_bench, trailing="overrides")
 
     p = verbs.add_parser("data", help="dataset tools")
@@ -298,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="an override for the YAML recipes among the sources (repeatable)")
+    _add_weights_argument(p)
     p.set_defaults(func=cmd_analyze_cka)
     p = analyze_verbs.add_parser("tradeoff", help="test top-1 vs GFLOPs of finished runs, bubble area = trainable "
                                                   "parameters (the ILA paper's PEFT figure)")
@@ -317,7 +354,18 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "merged (needs neither peft nor the pretrained weights to load)")
     p.add_argument("checkpoint", help="a LoRA checkpoint file or run directory")
     p.add_argument("out", help="output .safetensors")
+    _add_weights_argument(p)
     p.set_defaults(func=cmd_convert_merge_lora)
+
+    p = verbs.add_parser("config", help="the resolved configuration and the schema's keys")
+    config_verbs = p.add_subparsers(dest="config_verb", required=True)
+    p = config_verbs.add_parser("show", help="the config a recipe and overrides resolve to, with the origin of "
+                                             "each value (default, file, command line)")
+    p.add_argument("items", nargs="*", metavar="CONFIG [KEY=VALUE ...]", help=f"a YAML recipe, then {USAGE_OVERRIDES}")
+    p.set_defaults(func=cmd_config_show, trailing="items")
+    p = config_verbs.add_parser("keys", help="every config key with its type, default and meaning")
+    p.add_argument("prefix", nargs="?", metavar="KEY", help="only this key or section, e.g. model.peft")
+    p.set_defaults(func=cmd_config_keys)
     return parser
 
 

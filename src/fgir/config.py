@@ -3,11 +3,18 @@
 Precedence, lowest to highest: schema defaults < included YAML files < the including YAML file <
 command-line dotlist (`train.lr=0.01`). A YAML file may list other files under `include:` (paths
 relative to itself); later entries override earlier ones and the including file overrides them all.
+
+Paths: data and weight paths (PATH_KEYS: data.root, model.weights, train.output_dir, train.resume,
+train.init_from), in a YAML file or on the command line, are relative to the working directory the
+command runs in, as for any shell command; only `include:` names config files, relative to the file
+that includes them. A run saves its config with these paths made absolute (`with_absolute_paths`),
+so its config.yaml and checkpoints work from any folder.
 Unknown keys and values of the wrong type are errors that name the key and suggest the nearest one.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import os
@@ -265,12 +272,22 @@ VALID_KEYS = _schema_keys(Config)
 FREE_FORM = _free_form_keys(Config)
 
 
+# Names users try for a key whose spelling is nothing like them (difflib would pick another key).
+KEY_ALIASES = {
+    "model.name": "model.backbone",
+    "model.arch": "model.backbone",
+    "model.architecture": "model.backbone",
+    "model.model": "model.backbone",
+    "model.timm_model": "model.backbone",
+}
+
+
 def _unknown_key_error(key: str, origin: str) -> ConfigError:
     parent = key.rsplit(".", 1)[0] if "." in key else ""
     siblings = [k for k in VALID_KEYS if (k.rsplit(".", 1)[0] if "." in k else "") == parent]
-    close = difflib.get_close_matches(key, siblings, n=1, cutoff=0.5) or difflib.get_close_matches(
-        key, list(VALID_KEYS), n=1, cutoff=0.6
-    )
+    close = [KEY_ALIASES[key]] if key in KEY_ALIASES else difflib.get_close_matches(
+        key, siblings, n=1, cutoff=0.5
+    ) or difflib.get_close_matches(key, list(VALID_KEYS), n=1, cutoff=0.6)
     hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys here: {', '.join(sorted(siblings))}"
     return ConfigError(f"unknown config key '{key}' ({origin}){hint}")
 
@@ -415,6 +432,28 @@ def from_dict(tree: dict, origin: str = "checkpoint") -> Config:
     return _compose(OmegaConf.structured(Config), [(origin, tree)])
 
 
+# Keys that name files or folders. data.image_dir, the split names and data.class_names are relative
+# to data.root, so they follow it.
+PATH_KEYS = ("data.root", "model.weights", "train.output_dir", "train.resume", "train.init_from")
+
+
+def absolute_path(path: str | os.PathLike) -> str:
+    """`path` made absolute against the working directory (`~` expanded, symbolic links kept)."""
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def with_absolute_paths(config: Config) -> Config:
+    """A copy of `config` whose PATH_KEYS are absolute: what a run saves, so that its config and
+    checkpoints work from any folder."""
+    config = copy.deepcopy(config)
+    for key in PATH_KEYS:
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        if value is not None:
+            setattr(getattr(config, section), name, absolute_path(value))
+    return config
+
+
 def save_config(config: Config, path: str | os.PathLike) -> None:
     atomic_write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False))
 
@@ -429,10 +468,12 @@ __all__ = [
     "ModelConfig",
     "SyntheticConfig",
     "TrainConfig",
+    "absolute_path",
     "apply_overrides",
     "from_dict",
     "load_config",
     "save_config",
     "to_dict",
     "validate",
+    "with_absolute_paths",
 ]

@@ -82,9 +82,12 @@ def test_examples_are_one_test_image_per_class_when_the_dataset_is_on_disk(tiny_
     assert example_images(data, count=2) == examples[:2]
 
 
-def test_examples_never_replace_a_synthetic_set_generated_with_other_parameters(tiny_config, tmp_path):
-    ensure_synthetic(tiny_config().data)
+def test_examples_never_generate_a_synthetic_set_nor_touch_one_with_other_parameters(tiny_config, tmp_path):
     root = tmp_path / "synthetic"
+    assert example_images(tiny_config().data) == [] and not root.exists()  # missing: not generated
+    root.mkdir()
+    assert example_images(tiny_config().data) == [] and not any(root.iterdir())  # empty: not generated
+    ensure_synthetic(tiny_config().data)
     before = {path: path.read_bytes() for path in root.rglob("*") if path.is_file()}
     assert example_images(tiny_config("data.synthetic.seed=1").data) == []  # same folder, another set
     assert {path: path.read_bytes() for path in root.rglob("*") if path.is_file()} == before

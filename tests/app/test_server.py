@@ -150,8 +150,10 @@ def test_cli_serve_passes_its_options(monkeypatch):
     assert cli.main(["serve", "runs/y", "--host", "0.0.0.0", "--port", "8001", "--share", "--device", "cpu",
                      "--unknown-below", "0.4", "--concurrency", "2"]) == 0
     assert calls == [
-        (("runs/x",), dict(host="127.0.0.1", port=7860, share=False, device="auto", unknown_below=None, concurrency=1)),
-        (("runs/y",), dict(host="0.0.0.0", port=8001, share=True, device="cpu", unknown_below=0.4, concurrency=2)),
+        (("runs/x",), dict(host="127.0.0.1", port=7860, share=False, device="auto", unknown_below=None, weights=None,
+                           concurrency=1)),
+        (("runs/y",), dict(host="0.0.0.0", port=8001, share=True, device="cpu", unknown_below=0.4, weights=None,
+                           concurrency=2)),
     ]
 
 

@@ -139,23 +139,45 @@ def test_ensure_returns_a_csv_config(tmp_path):
     assert data.root == str(tmp_path / "syn")
 
 
-def test_ensure_regenerates_only_when_the_config_changes(tmp_path):
+def test_ensure_generates_once_and_then_reads_the_set_in_place(tmp_path):
     root = tmp_path / "syn"
     ensure_synthetic(data_config(root))
     marker = root / "marker"
     marker.write_text("kept while the set is current")
     ensure_synthetic(data_config(root))
     assert marker.exists()
-    ensure_synthetic(data_config(root, dataclasses.replace(TINY, test_per_class=1)))
-    assert not marker.exists()
-    assert len(read_rows(root / "test.csv")) == 4
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["syn"]  # no staging or retired folders left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["syn"]  # no staging folder left
 
 
-def test_interrupted_generation_leaves_nothing_half_done(tmp_path, monkeypatch):
+def test_a_set_generated_with_other_parameters_is_refused_not_replaced(tmp_path):
     root = tmp_path / "syn"
     ensure_synthetic(data_config(root))
     before = (root / "train.csv").read_bytes()
+    changed = dataclasses.replace(TINY, train_per_class=5, seed=4)
+    with pytest.raises(ConfigError, match=rf"data.root '{root}' holds a synthetic set generated with other "
+                                          r"parameters \(data.synthetic.seed=3 there, 4 here; "
+                                          r"data.synthetic.train_per_class=3 there, 5 here\); it is not replaced"):
+        ensure_synthetic(data_config(root, changed))
+    assert (root / "train.csv").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["syn"]
+
+
+def test_a_set_of_another_generator_version_is_refused(tmp_path, monkeypatch):
+    root = tmp_path / "syn"
+    ensure_synthetic(data_config(root))
+    monkeypatch.setattr(synthetic, "GENERATOR_VERSION", synthetic.GENERATOR_VERSION + 1)
+    with pytest.raises(ConfigError, match=f"generator version {synthetic.GENERATOR_VERSION - 1} there, "
+                                          f"{synthetic.GENERATOR_VERSION} in this fgir"):
+        ensure_synthetic(data_config(root))
+
+
+def test_an_empty_folder_is_filled(tmp_path):
+    (tmp_path / "syn").mkdir()
+    ensure_synthetic(data_config(tmp_path / "syn"))
+    assert len(read_rows(tmp_path / "syn" / "train.csv")) == 12
+
+
+def test_interrupted_generation_leaves_nothing_half_done(tmp_path, monkeypatch):
     calls = []
 
     def failing_render(*args, **kwargs):
@@ -165,17 +187,9 @@ def test_interrupted_generation_leaves_nothing_half_done(tmp_path, monkeypatch):
         return render_sample(*args, **kwargs)
 
     monkeypatch.setattr(synthetic, "render_sample", failing_render)
-    changed = dataclasses.replace(TINY, seed=99)
     with pytest.raises(KeyboardInterrupt):
-        ensure_synthetic(data_config(root, changed))
-    # The old set is untouched and no staging folder remains.
-    assert (root / "train.csv").read_bytes() == before
-    assert json.loads((root / "manifest.json").read_text())["config"]["seed"] == 3
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["syn"]
-    calls.clear()
-    with pytest.raises(KeyboardInterrupt):
-        ensure_synthetic(data_config(tmp_path / "fresh", changed))
-    assert not (tmp_path / "fresh").exists()
+        ensure_synthetic(data_config(tmp_path / "fresh"))
+    assert list(tmp_path.iterdir()) == []  # neither the set nor a staging folder
 
 
 def test_foreign_folder_is_not_overwritten(tmp_path):

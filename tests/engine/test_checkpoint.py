@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import tiny_backbone
 from fgir.config import load_config, to_dict
 from fgir.engine.checkpoint import CheckpointError, load_checkpoint, load_model_state, save_checkpoint
 from fgir.engine.rng import rng_state, set_rng_state
@@ -85,7 +86,21 @@ def test_best_only_checkpoint_cannot_be_resumed(tmp_path):
 def test_a_model_of_another_shape_gets_a_readable_error():
     state = small_model().state_dict()
     other = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 5))
-    with pytest.raises(CheckpointError, match=r"shape mismatches: 2.bias: checkpoint \(3,\) vs model \(5,\), 2.weight: checkpoint \(3, 8\) vs model \(5, 8\)"):
+    with pytest.raises(CheckpointError, match=r"ckpt does not fit the model: 0 missing, 0 unexpected and 2 mismatched "
+                       r"keys\n  other shape: 2.weight \(checkpoint \(3, 8\), model \(5, 8\)\), "
+                       r"2.bias \(checkpoint \(3,\), model \(5,\)\)$"):
         load_model_state(other, state, "ckpt")
-    with pytest.raises(CheckpointError, match="missing keys: 3.bias, 3.weight"):
+    with pytest.raises(CheckpointError, match="2 missing, 0 unexpected and 0 mismatched keys\n  missing: 3.weight, 3.bias$"):
         load_model_state(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3), nn.Linear(3, 3)), state, "ckpt")
+
+
+def test_a_vit_checkpoint_of_another_size_says_what_it_holds():
+    narrow, wide = tiny_backbone(), tiny_backbone(embed_dim=48, depth=3)
+    with pytest.raises(CheckpointError) as err:
+        load_model_state(wide, narrow.state_dict(), "ckpt")
+    lines = str(err.value).splitlines()
+    third_block = [key for key in wide.state_dict() if key.startswith("vit.blocks.2.")]
+    assert lines[0].startswith(f"ckpt does not fit the model: {len(third_block)} missing, 0 unexpected and ")
+    assert lines[-1] == ("  the checkpoint holds a ViT of width 32, depth 2, patch 8x8, MLP ratio 4, a CLS token, "
+                         "a 4x4 position grid (32x32 px images); the model is a ViT of width 48, depth 3, patch "
+                         "8x8, MLP ratio 4, a CLS token, a 4x4 position grid (32x32 px images)")

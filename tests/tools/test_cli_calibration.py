@@ -32,7 +32,7 @@ def test_eval_prints_long_tail_and_calibration(overconfident, tmp_path, capsys):
     copy.write_bytes(path.read_bytes())
     temperature = calibrate_checkpoint(copy, progress=False)["temperature"]
     assert main(["eval", str(copy), "data.long_tail.head_above=5", "data.long_tail.tail_below=2", "--out", str(tmp_path / "out"),
-                 "--no-progress"]) == 0
+                 "--no-progress", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["long_tail"]["head_above"] == 5 and report["long_tail"]["train_images"] == 8
     assert set(report["long_tail"]) >= {"head", "medium", "tail"}
@@ -43,7 +43,7 @@ def test_calibrate_verb(overconfident, tmp_path, capsys):  # noqa: F811
     path, _, _ = overconfident
     copy = tmp_path / "copy.safetensors"
     copy.write_bytes(path.read_bytes())
-    assert main(["calibrate", str(copy), "--no-progress"]) == 0
+    assert main(["calibrate", str(copy), "--no-progress", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["split"] == "val" and result["temperature"] > 1 and result["ece_after"] < result["ece_before"]
     assert main(["predict", str(copy), "--json", str(path.parent.parent.parent / "toy" / "images" / "test_0.png")]) == 0

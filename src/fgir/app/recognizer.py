@@ -49,10 +49,11 @@ class Recognizer:
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str = "auto",
-                        unknown_below: float | None = None) -> Recognizer:
+                        unknown_below: float | None = None, weights: str | os.PathLike | None = None) -> Recognizer:
         """Class names (and a calibrated temperature) come from the checkpoint; examples only if
-        its dataset is on disk. Below `unknown_below`, the answer is "unknown"."""
-        predictor = Predictor.from_checkpoint(path, device=device, unknown_below=unknown_below)
+        its dataset is on disk. Below `unknown_below`, the answer is "unknown". `weights`: the backbone
+        weights of an adapter-only checkpoint (see `restore_model`)."""
+        predictor = Predictor.from_checkpoint(path, device=device, unknown_below=unknown_below, weights=weights)
         return cls(predictor, predictor.data, example_images(predictor.data))
 
     @property
@@ -97,7 +98,7 @@ def example_images(data: DataConfig, count: int = EXAMPLE_COUNT) -> list[str]:
     """Up to `count` test images (val if there is no test split), of different classes, when the
     dataset is on disk; none otherwise (a checkpoint serves without its dataset). Never writes: a
     synthetic set is read only when the one on disk has the checkpoint's parameters, since reading
-    any other would generate it, replacing what is there."""
+    it from a missing or empty folder would generate it there."""
     if data.format == "synthetic" and not is_generated(data):
         return []
     for split in ("test", "val"):

@@ -133,9 +133,10 @@ def launch(app: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, share: boo
 
 
 def serve(checkpoint: str | os.PathLike, host: str = "127.0.0.1", port: int = 7860, share: bool = False,
-          device: str = "auto", unknown_below: float | None = None, concurrency: int = DEFAULT_CONCURRENCY) -> None:
+          device: str = "auto", unknown_below: float | None = None, weights: str | os.PathLike | None = None,
+          concurrency: int = DEFAULT_CONCURRENCY) -> None:
     """`fgir serve`: load the checkpoint and serve it until interrupted."""
     if concurrency < 1:
         raise FgirError(f"--concurrency must be at least 1, got {concurrency}")
-    recognizer = Recognizer.from_checkpoint(checkpoint, device=device, unknown_below=unknown_below)
+    recognizer = Recognizer.from_checkpoint(checkpoint, device=device, unknown_below=unknown_below, weights=weights)
     launch(build_app(recognizer), host, port, share, concurrency=concurrency)

@@ -3,9 +3,11 @@ needs (iNat, NABirds: 1000+ px photos for 224 px training).
 
 Every image of every configured split is decoded once (upright, RGB), shrunk so its short side is
 the size the transforms start from (`resize_size`: 300 for 224), and written under the cache
-folder with the same relative path; `dataset.yaml` there is the same data section with the image
-folder pointing at the cache. Each file is written to a temporary name and renamed, and files
-newer than their source are kept, so an interrupted run just continues.
+folder with the same relative path; `dataset.yaml` there describes the same dataset with the image
+folder pointing at the cache: where the data is (LOCATION_KEYS), nothing about how a recipe trains
+on it (image size, augmentation, normalisation, batch), so a recipe that includes it keeps its own.
+Each file is written to a temporary name and renamed, and files newer than their source are kept, so
+an interrupted run just continues.
 """
 
 from __future__ import annotations
@@ -19,13 +21,15 @@ import yaml
 from PIL import Image
 from tqdm import tqdm
 
-from fgir.config import Config, ConfigError, DataConfig, to_dict
+from fgir.config import ConfigError, DataConfig, absolute_path
 from fgir.data.datasets import SPLITS, build_dataset, image_root
 from fgir.data.images import ImageReadError, read_image
 from fgir.data.transforms import resize_size
 from fgir.fileio import atomic_path, atomic_write_text
 
 JPEG_QUALITY = 95
+# What a dataset file holds: which dataset and where its splits, images and class names are.
+LOCATION_KEYS = ("name", "format", "root", "image_dir", "train", "val", "test", "class_names", "num_classes")
 
 
 @dataclass
@@ -68,11 +72,11 @@ def cache_dataset(data: DataConfig, out_dir: str | os.PathLike, *, short_side: i
             else:
                 result.failed.append(outcome)
 
-    cached = replace(data, image_dir=str(out / "images"))
+    cached = replace(data, root=absolute_path(data.root), image_dir=str(out / "images"))
     if data.format == "folder":
-        class_names = str((Path(data.root) / data.class_names).resolve()) if data.class_names else None
+        class_names = absolute_path(Path(data.root) / data.class_names) if data.class_names else None
         cached = replace(data, root=str(out / "images"), class_names=class_names)
-    section = to_dict(Config(data=cached))["data"]
+    section = {key: getattr(cached, key) for key in LOCATION_KEYS}
     atomic_write_text(result.config_path, yaml.safe_dump({"data": section}, sort_keys=False))
     return result
 

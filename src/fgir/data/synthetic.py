@@ -31,7 +31,7 @@ from tqdm import tqdm
 from fgir.config import ConfigError, DataConfig, SyntheticConfig
 from fgir.fileio import atomic_write_csv, atomic_write_text
 
-# Bump whenever the rendering changes, so existing folders are regenerated.
+# Bump whenever the rendering changes: a folder drawn by another version is then refused, not read.
 GENERATOR_VERSION = 2
 SPLITS = ("train", "val", "test")
 MANIFEST = "manifest.json"
@@ -210,23 +210,27 @@ def _read_manifest(root: Path) -> dict | None:
 
 
 def ensure_synthetic(data: DataConfig) -> DataConfig:
-    """Generate the set into `data.root` unless a matching one is there; return the config to read it.
+    """Generate the set into `data.root` unless it is there; return the config to read it.
 
     Generation happens in a temporary sibling folder that is renamed into place when complete, so
-    an interrupted run never leaves half a dataset; a stale synthetic set (different config or
-    generator version) is replaced. A non-empty `data.root` that is not a synthetic set is refused
-    rather than deleted.
+    an interrupted run never leaves half a dataset. An existing set is never replaced: one generated
+    with other parameters (its manifest.json differs) is refused, naming them, and so is a non-empty
+    `data.root` that is not a synthetic set.
     """
     root = Path(data.root)
     wanted = manifest(data.synthetic)
     found = _read_manifest(root)
-    if found != wanted:
-        if found is None and root.exists() and any(root.iterdir()):
-            raise ConfigError(
-                f"data.root '{root}' is not empty and holds no synthetic set ({MANIFEST} missing); "
-                "point data.root at an empty or new folder"
-            )
+    if found is None and root.exists() and any(root.iterdir()):
+        raise ConfigError(
+            f"data.root '{root}' is not empty and holds no synthetic set ({MANIFEST} missing); "
+            "point data.root at an empty or new folder"
+        )
+    if found is None:
         _generate_into_place(data.synthetic, root)
+    elif found != wanted:
+        raise ConfigError(f"data.root '{root}' holds a synthetic set generated with other parameters "
+                          f"({_differences(found, wanted)}); it is not replaced: point data.root at another "
+                          f"folder, or delete {root} to generate it anew")
     return dataclasses.replace(
         data,
         format="csv",
@@ -236,18 +240,23 @@ def ensure_synthetic(data: DataConfig) -> DataConfig:
     )
 
 
+def _differences(found: dict, wanted: dict) -> str:
+    """What differs between the manifest of a set on disk and the one asked for, key by key."""
+    if found.get("generator_version") != wanted["generator_version"]:
+        return (f"generator version {found.get('generator_version')} there, {wanted['generator_version']} in this "
+                "fgir: the images are drawn differently")
+    there = found.get("config", {})
+    return "; ".join(f"data.synthetic.{key}={there.get(key)} there, {value} here"
+                     for key, value in wanted["config"].items() if there.get(key) != value) or f"its {MANIFEST} differs"
+
+
 def _generate_into_place(config: SyntheticConfig, root: Path) -> None:
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.generating."))
     try:
         generate(config, staging)
-        if root.exists():
-            # Move the old set aside first: a directory cannot be renamed over a non-empty one.
-            retired = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.old."))
-            os.replace(root, retired / "set")
-            shutil.rmtree(retired)
         try:
-            os.rename(staging, root)
+            os.rename(staging, root)  # replaces `root` only if it is an empty folder
         except OSError:
             # Another process (e.g. another rank) finished first; keep its set if it matches.
             if _read_manifest(root) != manifest(config):

@@ -20,7 +20,7 @@ import hashlib
 import json
 import os
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,16 +30,21 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from fgir.config import Config, from_dict, to_dict
+from fgir.config import Config, absolute_path, from_dict, to_dict
 from fgir.engine.state_io import flatten, unflatten
 from fgir.errors import FgirError
 from fgir.fileio import atomic_path
 from fgir.models.backbone import Backbone
 from fgir.models.peft.freezing import FrozenBackboneModel, frozen_by_freeze_backbone
+from fgir.models.state_fit import StateMismatch, vit_layout
+from fgir.models.weights import WeightsNotFoundError
 
 FORMAT = "fgir-checkpoint/1"
 TRAIN_STATE = "train_state"
 BACKBONE = "backbone"  # metadata entry of adapter-only checkpoints
+SUPPLY_BACKBONE = ("give the backbone weights it was trained on with --weights PATH (fgir predict, eval, "
+                   "calibrate, explain, serve, bench, analyze cka, convert merge-lora; weights=PATH in Python), "
+                   "or model.weights=PATH when training from it")
 
 
 class CheckpointError(FgirError, ValueError):
@@ -51,7 +56,7 @@ class BackboneIdentity:
     """The pretrained backbone an adapter-only checkpoint was trained on."""
 
     model: str  # timm name (model.backbone)
-    weights: str | None  # model.weights; None: the Hugging Face hub
+    weights: str | None  # model.weights, absolute (older checkpoints: as given); None: the Hugging Face hub
     sha256: str  # of the frozen backbone tensors, see `backbone_hash`
     tensors: int  # how many frozen tensors the hash covers
 
@@ -198,37 +203,50 @@ def load_model_state(
             raise CheckpointError(
                 f"{source} was trained on the backbone {backbone.describe()} with SHA-256 "
                 f"{backbone.sha256[:16]}..., but the backbone built here has {digest[:16]}...: different "
-                "weights. Point model.weights at the weights it was trained on (the checkpoint stores only "
-                "the trainable weights)"
+                f"weights (the checkpoint stores only the trainable ones); {SUPPLY_BACKBONE}"
             )
         own = {key: value for key, value in own.items() if key not in frozen}
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    mismatched = sorted(f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-                  for k in own.keys() & state.keys() if own[k].shape != state[k].shape)
-    if missing or unexpected or mismatched:
-        parts = []
-        for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched)):
-            if items:
-                shown = ", ".join(items[:8]) + (f", ... ({len(items)} in all)" if len(items) > 8 else "")
-                parts.append(f"{title}: {shown}")
-        if backbone is None and missing and set(missing) <= frozen_backbone_keys(model):
-            parts.append("it lacks just the frozen backbone: an adapter-only checkpoint, whose state loads "
+    mismatch = StateMismatch.between(own, state)
+    if mismatch:
+        lines = [f"{source} does not fit the model: {mismatch.counts()}", *mismatch.lines("checkpoint")]
+        theirs, ours = vit_layout(state), vit_layout(own)
+        if theirs is not None and ours is not None and theirs != ours:
+            lines.append(f"the checkpoint holds {theirs.describe()}; the model is {ours.describe()}")
+        if backbone is None and mismatch.missing and set(mismatch.missing) <= frozen_backbone_keys(model):
+            lines.append("it lacks just the frozen backbone: an adapter-only checkpoint, whose state loads "
                          "with backbone=checkpoint.backbone (restore_model does this)")
-        raise CheckpointError(f"{source} does not fit the model ({'; '.join(parts)})")
+        raise CheckpointError("\n  ".join(lines))
     model.load_state_dict(state, strict=backbone is None)
 
 
-def restore_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, Checkpoint]:
-    """Rebuild a trained model from its checkpoint alone (no dataset, no pretrained download)."""
+def restore_model(path: str | os.PathLike, device: str | torch.device = "cpu",
+                  weights: str | os.PathLike | None = None) -> tuple[nn.Module, Checkpoint]:
+    """Rebuild a trained model from its checkpoint alone (no dataset, no pretrained download).
+
+    An adapter-only checkpoint also needs its pretrained backbone: from `weights` (a file or folder,
+    as for model.weights) when given, else from the source it stores; either way its SHA-256 must be
+    the stored one. A full checkpoint holds its backbone and does not read `weights`."""
     from fgir.models.factory import build_model  # the engine only needs the factory here
 
     checkpoint = load_checkpoint(path)
-    config = checkpoint.config
-    # An adapter-only checkpoint needs its pretrained backbone, loaded the usual way (model.weights).
-    adapter_only = checkpoint.backbone is not None
-    model = build_model(config.model, len(checkpoint.class_names), config.data.image_size, pretrained=adapter_only)
-    load_model_state(model, checkpoint.model_state, str(checkpoint.path), checkpoint.backbone)
+    config, identity = checkpoint.config, checkpoint.backbone
+    model_config = config.model
+    if identity is not None:
+        source = absolute_path(weights) if weights is not None else identity.weights
+        model_config = replace(model_config, weights=source)
+        if source is not None and not os.path.exists(source):
+            raise CheckpointError(
+                f"{checkpoint.path} holds only the trainable weights; its frozen backbone {identity.model} "
+                f"(SHA-256 {identity.sha256[:16]}...) is read from {source}, which does not exist: "
+                f"{SUPPLY_BACKBONE}"
+            )
+    try:
+        model = build_model(model_config, len(checkpoint.class_names), config.data.image_size,
+                            pretrained=identity is not None)
+    except WeightsNotFoundError as err:  # the hub, unreachable and not cached
+        raise CheckpointError(f"{checkpoint.path}: its frozen backbone cannot be loaded: "
+                              f"{str(err).splitlines()[0]} ... {SUPPLY_BACKBONE}") from None
+    load_model_state(model, checkpoint.model_state, str(checkpoint.path), identity)
     return model.to(device).eval(), checkpoint
 
 
@@ -266,7 +284,8 @@ def backbone_hash(model: nn.Module) -> str:
 
 
 def backbone_identity(model: nn.Module, config: Config) -> BackboneIdentity:
-    return BackboneIdentity(model=config.model.backbone, weights=config.model.weights,
+    weights = config.model.weights
+    return BackboneIdentity(model=config.model.backbone, weights=absolute_path(weights) if weights else None,
                             sha256=backbone_hash(model), tensors=len(frozen_backbone_keys(model)))
 
 

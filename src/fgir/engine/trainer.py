@@ -20,7 +20,9 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import shutil
 import signal
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -34,7 +36,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from fgir.config import Config, ConfigError, save_config, to_dict
+from fgir.config import Config, ConfigError, save_config, to_dict, with_absolute_paths
 from fgir.data import build_batch_mix, build_dataset, build_loader, build_transform, dataset_info
 from fgir.data.datasets import Batch
 from fgir.engine.acceleration import compile_model, set_grad_checkpointing, use_channels_last
@@ -60,8 +62,10 @@ from fgir.engine.evaluator import predict_split
 from fgir.engine.longtail import class_frequencies
 from fgir.engine.losses import class_weights, classification_loss
 from fgir.engine.metrics import classification_metrics
-from fgir.engine.optim import build_optimizer, build_scheduler
+from fgir.engine.optim import build_optimizer, build_scheduler, lr_at
+from fgir.engine.resume_config import check_resume_changes, checkpoint_config, value
 from fgir.engine.rng import rng_state, seed_everything, set_rng_state
+from fgir.engine.run_header import run_header
 from fgir.engine.run_log import RunLog
 from fgir.errors import FgirError
 from fgir.fileio import atomic_write_text
@@ -179,6 +183,30 @@ def check_before_work(config: Config) -> None:
                           f"({size}/{patch_h})^2 = {patches} at data.image_size={size}")
 
 
+WARMUP_SHARE_WARNED = 0.2  # a warm-up longer than this share of the run gets a warning
+
+
+def check_schedule(config: Config, steps_per_epoch: int, train_images: int) -> str | None:
+    """Refuse a run without optimizer steps, or whose warm-up outlasts it (the lr would never reach
+    train.lr); a one-line warning when the warm-up takes more than a fifth of the run."""
+    train = config.train
+    total, warmup = steps_per_epoch * train.epochs, train.warmup_steps
+    if not total:
+        raise ConfigError(f"the training split has {train_images} images, fewer than one batch of "
+                          f"data.batch_size={config.data.batch_size} (the last partial batch of an epoch is "
+                          "dropped): no optimizer step to run; use a smaller data.batch_size")
+    if warmup > total:
+        peak = lr_at(total - 1, total, train)
+        raise ConfigError(f"train.warmup_steps={warmup} is longer than the whole run, {total} optimizer "
+                          f"steps ({train.epochs} epochs x {steps_per_epoch}): the lr would peak at "
+                          f"{peak:.2g} instead of train.lr={train.lr:g}; use e.g. train.warmup_steps="
+                          f"{max(1, total // 10)}, or more train.epochs")
+    if warmup > WARMUP_SHARE_WARNED * total:
+        return (f"warning: the warm-up (train.warmup_steps={warmup}) takes {warmup / total:.0%} of the run's "
+                f"{total} optimizer steps")
+    return None
+
+
 def per_process_batch(batch_size: int, ddp: Distributed) -> int:
     if batch_size % ddp.world_size:
         raise ConfigError(f"data.batch_size={batch_size} is the global batch and must be divisible by the "
@@ -198,21 +226,52 @@ def eval_loader(config: Config, split: str, device: torch.device, ddp: Distribut
                         rank=ddp.rank, world_size=ddp.world_size)
 
 
-def make_run_dir(config: Config) -> Path:
-    """The run directory: the one to resume, or a new one. A directory whose run was killed before
-    its first `last` checkpoint holds nothing to resume and is started afresh."""
+def plan_run_dir(config: Config) -> Path:
+    """The run directory: the one to resume (whose checkpoint's config must allow the changes the
+    config makes, see fgir.engine.resume_config), or a new one. Nothing is created here: a run
+    folder appears only once the run starts (`start_run_dir`)."""
     if config.train.resume:
         run_dir = Path(config.train.resume)
-        if not (run_dir / "checkpoints" / "last.safetensors").is_file():
+        last = run_dir / "checkpoints" / "last.safetensors"
+        if not last.is_file():
             raise CheckpointError(f"train.resume={run_dir}: no checkpoints/last.safetensors to resume from")
-    else:
-        name = config.train.run_name or f"{config.data.name}-{config.model.method}-{datetime.now():%Y%m%d-%H%M%S}"
-        run_dir = Path(config.train.output_dir) / name
-        if (run_dir / "checkpoints" / "last.safetensors").exists():
-            raise FileExistsError(f"{run_dir} already holds a run; resume it with train.resume={run_dir} or pick another train.run_name")
-        run_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(run_dir)
+        check_resume_changes(checkpoint_config(last), config, run_dir)
+        return run_dir
+    name = config.train.run_name or f"{config.data.name}-{config.model.method}-{datetime.now():%Y%m%d-%H%M%S}"
+    run_dir = Path(config.train.output_dir) / name
+    if (run_dir / "checkpoints" / "last.safetensors").exists():
+        raise FileExistsError(f"{run_dir} already holds a run; resume it with train.resume={run_dir} or pick "
+                              "another train.run_name")
     return run_dir
+
+
+# What a run writes into its folder (RunLog's files included).
+RUN_OUTPUTS = ("config.yaml", "trainable_params.json", "metrics.json", "metrics.csv", "skipped_images.json",
+               "test_metrics.json", "tb", "wandb", "checkpoints")
+
+
+def start_run_dir(run_dir: Path, config: Config) -> None:
+    """Create the run folder and write its config, once the data, the model and (when resuming) the
+    checkpoint are known to fit. The remains of a run that ended before its first `last`
+    checkpoint hold nothing to resume: a new run replaces them."""
+    if not config.train.resume:
+        discard_run_outputs(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(run_dir)
+    save_config(config, run_dir / "config.yaml")
+
+
+def discard_run_outputs(run_dir: Path) -> None:
+    """Remove what a run writes, then the folder if nothing else is left in it."""
+    remove_stale_temporaries(run_dir)
+    for name in RUN_OUTPUTS:
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # missing, or holding files that are not a run's
+        run_dir.rmdir()
 
 
 def remove_stale_temporaries(run_dir: Path) -> None:
@@ -224,11 +283,11 @@ def remove_stale_temporaries(run_dir: Path) -> None:
 
 
 def _shared_run_dir(config: Config, ddp: Distributed) -> Path:
-    """Rank 0 names (and creates) the run directory; the others take its answer, error included."""
+    """Rank 0 names the run directory; the others take its answer, error included."""
     outcome: Path | Exception | None = None
     if ddp.is_main:
         try:
-            outcome = make_run_dir(config)
+            outcome = plan_run_dir(config)
         except (FgirError, FileExistsError) as err:
             outcome = err
     outcome = gather_objects(outcome, ddp)[0]  # type: ignore[assignment]
@@ -261,7 +320,9 @@ def init_weights_from(net: nn.Module, source: str, new_head: bool) -> list[str]:
 def train(config: Config, progress: bool = True, stop_after_epochs: int | None = None) -> RunResult:
     """Run (or resume) the recipe. `stop_after_epochs` ends this call early, e.g. to fit a job's time
     limit; the schedule still spans `train.epochs` and `train.resume` continues the run later.
-    Under torchrun (WORLD_SIZE > 1) this joins the process group and trains with DDP."""
+    Under torchrun (WORLD_SIZE > 1) this joins the process group and trains with DDP.
+    Paths are made absolute first, so the saved config and checkpoints work from any folder."""
+    config = with_absolute_paths(config)
     check_before_work(config)
     device = resolve_device(config.train.device)
     ddp = init_distributed(device)
@@ -276,9 +337,7 @@ def _train(config: Config, progress: bool, stop_after_epochs: int | None, device
            ddp: Distributed) -> RunResult:
     seed_everything(config.train.seed + ddp.rank)  # rank 0 draws as a single process would
     dtype = resolve_precision(config.train.precision, device)
-    run_dir = _shared_run_dir(config, ddp)
-    if ddp.is_main:
-        save_config(config, run_dir / "config.yaml")
+    run_dir = _shared_run_dir(config, ddp)  # named, not created: nothing is written before the run starts
 
     # Data. The class count comes from the dataset description, never from one split's labels.
     num_classes, class_names = dataset_info(config.data)
@@ -288,6 +347,14 @@ def _train(config: Config, progress: bool, stop_after_epochs: int | None, device
                                 pin_memory=device.type == "cuda", rank=ddp.rank, world_size=ddp.world_size)
     val_loader = eval_loader(config, "val", device, ddp) if config.data.val else None
     batch_mix = build_batch_mix(config.data, num_classes)
+    steps_per_epoch = math.ceil(len(train_loader) / config.train.grad_accum_steps)
+    warmup_warning = check_schedule(config, steps_per_epoch, len(train_set))
+    if ddp.is_main:
+        sizes = {"train": len(train_set), "val": len(val_loader.dataset) if val_loader else 0,
+                 "test": len(build_dataset(config.data, "test", None)) if config.data.test else 0}
+        print(run_header(config, device, dtype, ddp.world_size, class_names, sizes, steps_per_epoch, run_dir))
+        if warmup_warning:
+            print(warmup_warning, file=sys.stderr)
 
     # Model, optimizer, schedule (per optimizer step). A resumed run takes every weight from its
     # checkpoint, so it does not fetch pretrained weights again (it may run offline); neither does
@@ -303,7 +370,6 @@ def _train(config: Config, progress: bool, stop_after_epochs: int | None, device
     net = net.to(device)
     if config.train.channels_last:
         use_channels_last(net)
-    report_trainable(net, run_dir, ddp)
     if config.train.grad_checkpointing and not set_grad_checkpointing(net):
         raise ConfigError(f"train.grad_checkpointing=true but model.method='{config.model.method}' has no "
                           "backbone that supports activation checkpointing")
@@ -312,7 +378,6 @@ def _train(config: Config, progress: bool, stop_after_epochs: int | None, device
     model = wrap_model(net, device, ddp)
     net = model.module if model is not net else net  # SyncBatchNorm conversion may have replaced modules
     optimizer = build_optimizer(net, config.train)
-    steps_per_epoch = math.ceil(len(train_loader) / config.train.grad_accum_steps)
     scheduler = build_scheduler(optimizer, steps_per_epoch * config.train.epochs, config.train)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
@@ -325,6 +390,11 @@ def _train(config: Config, progress: bool, stop_after_epochs: int | None, device
         start_epoch, epoch_state, resume_rng = resume(ctx)
 
     try:
+        # Everything fits (data, model, schedule, the checkpoint to resume): the run starts here.
+        if ddp.is_main:
+            start_run_dir(run_dir, config)
+            report_trainable(net, run_dir)
+        ctx.log.start(ctx.global_step)
         end_epoch = config.train.epochs if stop_after_epochs is None else min(config.train.epochs, start_epoch + stop_after_epochs)
         with ctx.stop:
             for epoch in range(start_epoch, end_epoch):
@@ -347,10 +417,12 @@ def _train(config: Config, progress: bool, stop_after_epochs: int | None, device
                     print(_epoch_line(row, config.train.epochs))
                 save_last(ctx, epoch + 1, row, epoch_state)
                 if agreed_stop(ctx):  # arrived during validation: the epoch's checkpoint is already written
-                    raise interrupted(ctx.stop.received or "a signal", run_dir, f"the end of epoch {epoch + 1}",
+                    raise interrupted(ctx.stop.received or "a signal", run_dir, position(epoch + 1, 0, 0),
                                       ctx.global_step)
     finally:
         ctx.log.close()
+        if ddp.is_main and not (ctx.ckpt_dir / "last.safetensors").is_file():
+            discard_run_outputs(run_dir)  # ended before its first checkpoint: nothing to resume, no stub left
     barrier(ddp)  # rank 0's checkpoints are complete before anyone reads them
     if end_epoch < config.train.epochs:
         if ddp.is_main:
@@ -359,10 +431,8 @@ def _train(config: Config, progress: bool, stop_after_epochs: int | None, device
     return finish(ctx)
 
 
-def report_trainable(net: nn.Module, run_dir: Path, ddp: Distributed) -> None:
+def report_trainable(net: nn.Module, run_dir: Path) -> None:
     """trainable_params.json in every run; printed when part of the model is frozen."""
-    if not ddp.is_main:
-        return
     report = trainable_report(net)
     if report.trainable < report.total:
         print(report.format())
@@ -374,21 +444,41 @@ def resume(ctx: TrainContext) -> tuple[int, EpochState, dict[str, Any] | None]:
     inside the epoch. Returns (first epoch to run, the epoch's state, the RNG to set after its
     iterator is created when resuming mid-epoch)."""
     last = load_checkpoint(ctx.ckpt_dir / "last.safetensors", with_train_state=True)
-    load_model_state(ctx.net, last.model_state, str(last.path), last.backbone)
     state = last.train_state
+    stored = EpochState(**{**state.get("epoch_state", {}), "bad_in_a_row": 0})  # a fresh count
+    where = position(last.epoch, stored.batches, len(ctx.train_loader))
+    begun = last.epoch + (stored.batches > 0)
+    if ctx.config.train.epochs < begun:
+        raise ConfigError(f"train.epochs={ctx.config.train.epochs} but the run {ctx.run_dir} is already at "
+                          f"{where}: give train.epochs={begun} or more")
+    if ctx.class_names != last.class_names:
+        ours, theirs = ctx.class_names, last.class_names
+        raise CheckpointError(f"train.resume={ctx.run_dir}: the dataset at data.root={ctx.config.data.root} "
+                              f"has {len(ours)} classes ({', '.join(ours[:3])}, ...), the run was trained on "
+                              f"{len(theirs)} ({', '.join(theirs[:3])}, ...)")
+    load_model_state(ctx.net, last.model_state, str(last.path), last.backbone)
     ctx.optimizer.load_state_dict(state["optimizer"])
     ctx.scheduler.load_state_dict(state["scheduler"])
-    ctx.scaler.load_state_dict(state["scaler"])
+    if state["scaler"]:  # empty when saved without fp16 loss scaling (train.precision may change)
+        ctx.scaler.load_state_dict(state["scaler"])
+    stored_lr = ctx.optimizer.param_groups[0]["lr"]
     use_config_lr(ctx.optimizer, ctx.scheduler, ctx.config.train.lr)
     rngs = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
     rng = rngs[ctx.ddp.rank % len(rngs)]
     set_rng_state(rng)
     ctx.global_step, ctx.best_top1 = last.global_step, state["best_top1"]
-    stored = EpochState(**{**state.get("epoch_state", {}), "bad_in_a_row": 0})  # a fresh count
     # The stored sums cover every process: rank 0 carries them on, the others start from zero.
     epoch_state = stored if ctx.ddp.is_main else EpochState(batches=stored.batches, skipped_steps=stored.skipped_steps)
     if ctx.ddp.is_main:
-        print(f"resumed {ctx.run_dir} at epoch {last.epoch} (step {last.global_step}, batch {stored.batches})")
+        print(f"resumed {ctx.run_dir} at {where} (step {last.global_step})")
+        changed = check_resume_changes(last.config, ctx.config, ctx.run_dir)
+        if changed:
+            print("changed on resume: " + "; ".join(
+                f"{key} {value(last.config, key)} -> {value(ctx.config, key)}" for key in changed))
+        lr = ctx.optimizer.param_groups[0]["lr"]
+        if not math.isclose(lr, stored_lr, rel_tol=1e-9):
+            print(f"lr at step {last.global_step}: {stored_lr:.3g} -> {lr:.3g} (the schedule of train.lr="
+                  f"{ctx.config.train.lr:g} over train.epochs={ctx.config.train.epochs})")
     return last.epoch, epoch_state, rng if stored.batches else None
 
 
@@ -476,7 +566,7 @@ def train_one_epoch(ctx: TrainContext, epoch: int, state: EpochState,
         rate = fresh / (time.perf_counter() - start)
         lr = ctx.optimizer.param_groups[0]["lr"]
         if loss_value is not None:
-            bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.2e}", img_s=f"{rate:.0f}")
+            bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.2e}", img_s=format_rate(rate))
         if last_micro_batch and ctx.global_step % config.train.log_every == 0 and loss_value is not None:
             ctx.log.scalars({"train/loss": loss_value, "train/lr": lr, "train/img_per_s": rate}, ctx.global_step)
         # Mid-epoch checkpoints only at optimizer-step boundaries: no half-accumulated gradients to lose.
@@ -485,7 +575,7 @@ def train_one_epoch(ctx: TrainContext, epoch: int, state: EpochState,
             save_last(ctx, epoch, {}, state)
             if stop_now:
                 raise interrupted(ctx.stop.received or "a signal", ctx.run_dir,
-                                  f"epoch {epoch + 1}, batch {i + 1}/{len(loader)}", ctx.global_step)
+                                  position(epoch, i + 1, len(loader)), ctx.global_step)
     elapsed = time.perf_counter() - start
     totals = merged(state, ctx.ddp)
     row = {"epoch": epoch + 1, "step": ctx.global_step, "train_loss": totals.loss_sum / max(totals.seen, 1),
@@ -584,13 +674,27 @@ def diverged(run_dir: Path, epoch: int, global_step: int, bad_steps: int) -> Div
                            f"steps in a row had a non-finite loss or gradient norm and were skipped; {advice}")
 
 
+def position(epochs_done: int, batches: int, batches_per_epoch: int) -> str:
+    """A place in the run as a person counts it (1-based), the same in the stop and resume messages:
+    `epochs_done` epochs finished and `batches` batches into the next one."""
+    if batches:
+        return f"epoch {epochs_done + 1}, batch {batches}/{batches_per_epoch}"
+    return f"the end of epoch {epochs_done}"
+
+
 def interrupted(signal_name: str, run_dir: Path, where: str, global_step: int) -> TrainingInterrupted:
     return TrainingInterrupted(f"{signal_name} received: stopped at {where} (step {global_step}) and wrote "
                                f"{run_dir / 'checkpoints' / 'last.safetensors'}; continue with train.resume={run_dir}")
 
 
+def format_rate(images_per_s: float) -> str:
+    """Throughput to read at a glance: one decimal below 10 img/s (a slow CPU run is not "0")."""
+    return f"{images_per_s:.1f}" if images_per_s < 10 else f"{images_per_s:.0f}"
+
+
 def _epoch_line(row: dict[str, Any], epochs: int) -> str:
-    line = f"epoch {row['epoch']}/{epochs}  loss {row['train_loss']:.4f}  lr {row['lr']:.2e}  {row['train_img_per_s']:.0f} img/s"
+    line = (f"epoch {row['epoch']}/{epochs}  loss {row['train_loss']:.4f}  lr {row['lr']:.2e}  "
+            f"{format_rate(row['train_img_per_s'])} img/s")
     if "val_top1" in row:
         line += f"  val top-1 {row['val_top1']:.2f}%"
     return line

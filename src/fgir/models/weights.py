@@ -12,6 +12,7 @@ import difflib
 import logging
 import os
 import pickle
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from fgir.errors import FgirError
+from fgir.models.state_fit import StateMismatch, timm_models_with_shapes, vit_layout
 
 _log = logging.getLogger(__name__)
 
@@ -37,6 +39,8 @@ HOW_TO_SUPPLY = (
     "or a folder holding model.safetensors / pytorch_model.bin), or set HF_HOME to a populated "
     "Hugging Face cache."
 )
+# What fgir itself passes to timm.create_model besides model.backbone_args.
+FGIR_ARGS = ("img_size", "drop_path_rate")
 # A reachable hub answers in well under a second; waiting longer only delays the error.
 PROBE_TIMEOUT_S = 5.0
 
@@ -220,11 +224,56 @@ def _load_headless(name: str, path: Path, model_args: dict[str, Any]) -> nn.Modu
             name, pretrained=True, pretrained_cfg_overlay=overlay, num_classes=head_rows, **model_args
         )
     except (RuntimeError, KeyError, ValueError) as err:
-        raise InvalidWeightsError(
-            f"weights file {path} does not fit {name} built with {model_args}: {err}"
-        ) from err
+        raise InvalidWeightsError(_misfit(name, path, model_args, head_rows, err)) from None
     network.reset_classifier(0)
     return network
+
+
+def _misfit(name: str, path: Path, model_args: dict[str, Any], head_rows: int, error: Exception) -> str:
+    """Why the file does not fit: the keys that differ, what the file holds and the fix."""
+    own_args = {key: value for key, value in model_args.items() if key not in FGIR_ARGS}
+    built = f"{name} with model.backbone_args {own_args}" if own_args else f"{name} (model.backbone)"
+    timm_says = f"weights file {path} does not fit {built}: {str(error).strip().splitlines()[0]}"
+    if path.suffix == ".npz":  # Google's arrays, copied by timm one by one: its first line names the one
+        return timm_says
+    with torch.device("meta"):
+        model = timm.create_model(name, pretrained=False, num_classes=head_rows, **model_args)
+    file_state = _read_state_dict(path)
+    mismatch = StateMismatch.between(model.state_dict(), _timm_filtered(file_state, model))
+    if not mismatch:  # the failure is not about keys
+        return timm_says
+    lines = [f"weights file {path} does not fit {built}: {mismatch.counts()}", *mismatch.lines("file")]
+    layout = vit_layout(file_state)
+    if layout is None:  # not a ViT: the counts say it all (searching CNN families builds every model of them)
+        return "\n  ".join(lines)
+    lines.append(f"the file holds {layout.describe()}")
+    if layout.prefix:
+        lines.append(f"its keys start with '{layout.prefix}' (a whole model's state dict); fix: save the ViT's own "
+                     "state_dict, without that prefix")
+        return "\n  ".join(lines)
+    family = type(model).__module__.rpartition(".")[2]
+    fitting = timm_models_with_shapes(file_state, family, like=name, patch_size=layout.patch_size[0])
+    if fitting:
+        also = f" (also fits: {', '.join(fitting[1:3])})" if len(fitting) > 1 else ""
+        drop = f", without model.backbone_args {sorted(own_args)}" if own_args else ""
+        lines.append(f"fix: model.backbone={fitting[0]}{drop}{also}")
+    else:
+        lines.append(f"no timm model has these shapes; fix: model.backbone_args={layout.backbone_args()} with "
+                     f"H the file's number of attention heads (a divisor of {layout.embed_dim}; shapes do not "
+                     "record it)")
+    return "\n  ".join(lines)
+
+
+def _timm_filtered(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict as timm's loader offers it to the model: after the checkpoint filter of the
+    model's family (foreign layouts renamed, position embeddings and patch kernels resampled)."""
+    filter_fn = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
+    if filter_fn is None or not state:
+        return state
+    try:
+        return filter_fn(dict(state), model)
+    except Exception:  # noqa: BLE001 - a filter that fails on a misfit file: compare the file as it is
+        return state
 
 
 def _head_rows(name: str, path: Path) -> int:

@@ -137,14 +137,18 @@ def glsim_selection_cost(model: GLSim, images: torch.Tensor, device: torch.devic
     }
 
 
-def benchmark_target(target: str | os.PathLike, overrides: list[str] | None = None, **kwargs: Any) -> dict[str, Any]:
-    """What `fgir bench` measures: a checkpoint (file or run directory), or the model of a YAML
-    recipe with `key=value` overrides (random weights; no dataset or download needed)."""
+def benchmark_target(target: str | os.PathLike, overrides: list[str] | None = None,
+                     weights: str | os.PathLike | None = None, **kwargs: Any) -> dict[str, Any]:
+    """What `fgir bench` measures: a checkpoint (file or run directory; `weights`: the backbone
+    weights of an adapter-only one), or the model of a YAML recipe with `key=value` overrides (random
+    weights; no dataset or download needed)."""
     path = Path(target)
     if path.is_dir() or path.suffix == ".safetensors":
         if overrides:
             raise ConfigError(f"overrides apply to a recipe, not to the checkpoint {path}: {' '.join(overrides)}")
-        return benchmark_checkpoint(path, **kwargs)
+        return benchmark_checkpoint(path, weights=weights, **kwargs)
+    if weights is not None:
+        raise ConfigError(f"--weights applies to a checkpoint; the recipe {path} is benchmarked with random weights")
     return {**benchmark(load_config(path, overrides), **kwargs), "recipe": str(path)}
 
 
@@ -155,9 +159,11 @@ def declared_num_classes(data: DataConfig) -> int | None:
     return data.synthetic.num_classes if data.format == "synthetic" else None
 
 
-def benchmark_checkpoint(path: str | os.PathLike, **kwargs: Any) -> dict[str, Any]:
-    """Benchmark the model of a checkpoint (file or run directory) at its training image size."""
-    model, checkpoint = restore_model(path)
+def benchmark_checkpoint(path: str | os.PathLike, weights: str | os.PathLike | None = None,
+                         **kwargs: Any) -> dict[str, Any]:
+    """Benchmark the model of a checkpoint (file or run directory) at its training image size;
+    `weights` as in `restore_model`."""
+    model, checkpoint = restore_model(path, weights=weights)
     kwargs.setdefault("channels_last", checkpoint.config.train.channels_last)
     report = benchmark(model, image_size=checkpoint.config.data.image_size, **kwargs)
     model_cfg = checkpoint.config.model

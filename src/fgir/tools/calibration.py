@@ -117,13 +117,15 @@ def calibrate_checkpoint(
     precision: str = "auto",
     batch_size: int | None = None,
     progress: bool = True,
+    weights: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Fit the temperature of a checkpoint (file or run directory) on `split` and store it in the
     checkpoint's metadata (the file is rewritten atomically; weights unchanged). Calibrating again
     replaces the stored temperature. Returns what was stored plus the checkpoint path.
+    `weights`: the backbone weights of an adapter-only checkpoint (see `restore_model`).
     """
     scored = score_split(checkpoint_path, split, data_overrides=data_overrides, device=device,
-                         precision=precision, batch_size=batch_size, progress=progress)
+                         precision=precision, batch_size=batch_size, progress=progress, weights=weights)
     temperature = fit_temperature(scored.logits, scored.labels)
     if temperature <= MIN_TEMPERATURE * 1.001:
         raise CalibrationError(
@@ -146,4 +148,18 @@ def calibrate_checkpoint(
         **calibration_summary(scored.logits, scored.labels, temperature),
     }
     update_metadata(scored.path, {CALIBRATION_KEY: json.dumps(calibration)})
-    return {**calibration, "checkpoint": str(scored.path.resolve())}
+    return {**calibration, "skipped_images": scored.skipped, "checkpoint": str(scored.path.resolve())}
+
+
+def format_calibration(result: dict[str, Any]) -> str:
+    """The result of `calibrate_checkpoint` as a few lines a person reads."""
+    lines = [f"{result['dataset']} {result['split']}: {result['num_samples']} images scored ({result['checkpoint']})"]
+    if result["skipped_images"]:
+        lines.append(f"skipped: {len(result['skipped_images'])} unreadable images (--json lists them)")
+    lines += [
+        f"  temperature      T = {result['temperature']:.4g} (probabilities are softmax(logits / T))",
+        f"  NLL              {result['nll_before']:.4f} -> {result['nll_after']:.4f}",
+        f"  ECE ({ECE_BINS} bins)    {result['ece_before']:.2f}% -> {result['ece_after']:.2f}%",
+        "stored in the checkpoint: fgir predict, eval, explain and serve now use T",
+    ]
+    return "\n".join(lines)

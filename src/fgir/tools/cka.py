@@ -164,11 +164,12 @@ def is_recipe(source: str | os.PathLike) -> bool:
     return Path(source).suffix in (".yaml", ".yml")
 
 
-def load_for_analysis(source: str | os.PathLike, device: torch.device,
-                      overrides: Iterable[str] = ()) -> tuple[nn.Module, DataConfig]:
+def load_for_analysis(source: str | os.PathLike, device: torch.device, overrides: Iterable[str] = (),
+                      weights: str | os.PathLike | None = None) -> tuple[nn.Module, DataConfig]:
     """A trained model from a checkpoint file or run directory, or an untrained one (pretrained
     backbone, new modules as initialised) from a YAML recipe with `key=value` overrides: the paper
-    compares a frozen ViT with ILA this way."""
+    compares a frozen ViT with ILA this way. `weights`: the backbone weights of an adapter-only
+    checkpoint (see `restore_model`); recipes take model.weights among their overrides."""
     if is_recipe(source):
         config = load_config(source, list(overrides))
         # The head plays no part in the layers' representations; any class count builds the model.
@@ -176,7 +177,7 @@ def load_for_analysis(source: str | os.PathLike, device: torch.device,
         return model.to(device).eval(), config.data
     if overrides:
         raise ValueError("key=value overrides apply to a YAML recipe, not to a checkpoint")
-    model, checkpoint = restore_model(source, device)
+    model, checkpoint = restore_model(source, device, weights=weights)
     return model, checkpoint.config.data
 
 
@@ -185,12 +186,13 @@ PathInput = str | os.PathLike
 
 def analyze_cka(sources: PathInput | list[PathInput], images: PathInput | Iterable[PathInput], out: PathInput,
                 representation: str = "attention", kernel: str = "linear", batch_size: int = 16,
-                device: str = "auto", overrides: Iterable[str] = ()) -> tuple[dict[str, torch.Tensor], Path]:
+                device: str = "auto", overrides: Iterable[str] = (),
+                weights: PathInput | None = None) -> tuple[dict[str, torch.Tensor], Path]:
     """`fgir analyze cka`: the (L, L) CKA matrix of each model (checkpoint, run directory or YAML
     recipe; several are drawn side by side, e.g. a frozen ViT and ILA) over the same images (files or
     folders, each read with that model's test transform). Writes the heat map `out` (e.g. cka.png)
     and a CSV beside it (same stem: source, layer, one column per layer). `overrides` apply to the
-    YAML recipes."""
+    YAML recipes, `weights` (the backbone weights of adapter-only checkpoints) to the checkpoints."""
     sources = [sources] if isinstance(sources, str | os.PathLike) else list(sources)
     overrides = list(overrides)
     if overrides and not any(is_recipe(source) for source in sources):
@@ -199,7 +201,7 @@ def analyze_cka(sources: PathInput | list[PathInput], images: PathInput | Iterab
     items = [item for _, item in expand_inputs(images)]
     matrices: dict[str, torch.Tensor] = {}
     for source in sources:
-        model, data = load_for_analysis(source, torch_device, overrides if is_recipe(source) else ())
+        model, data = load_for_analysis(source, torch_device, overrides if is_recipe(source) else (), weights)
         transform = build_transform(data, train=False)
         batches = (torch.stack([transform(open_image(item)) for item in items[start:start + batch_size]])
                    .to(torch_device) for start in range(0, len(items), batch_size))

@@ -19,7 +19,7 @@ import torch
 
 from fgir.config import DataConfig
 from fgir.data import DatasetFileError, build_dataset
-from fgir.engine.longtail import binned_accuracy, class_frequencies, long_tail_metrics
+from fgir.engine.longtail import GROUPS, binned_accuracy, class_frequencies, long_tail_metrics
 from fgir.engine.metrics import (
     answered_at,
     classification_metrics,
@@ -59,6 +59,7 @@ def evaluate_checkpoint(
     batch_size: int | None = None,
     progress: bool = True,
     compile: bool = False,
+    weights: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Score a checkpoint (file or run directory) on `split` and write the report into `out_dir`.
 
@@ -66,9 +67,11 @@ def evaluate_checkpoint(
     keys (`data.key=value` items, e.g. `data.root=/elsewhere` or `data.long_tail.head_above=50`);
     the image size must stay the model's. Returns what metrics.json holds: accuracies and ECE in %,
     the sample count and where everything went. `compile`: torch.compile with frozen weights.
+    `weights`: the backbone weights of an adapter-only checkpoint (see `restore_model`).
     """
     scored = score_split(checkpoint_path, split, data_overrides=data_overrides, device=device,
-                         precision=precision, batch_size=batch_size, progress=progress, compile=compile)
+                         precision=precision, batch_size=batch_size, progress=progress, compile=compile,
+                         weights=weights)
     path, data, class_names = scored.path, scored.data, scored.checkpoint.class_names
     out = Path(out_dir) if out_dir is not None else default_report_dir(path, split)
     logits, labels = scored.logits, scored.labels
@@ -114,6 +117,47 @@ def evaluate_checkpoint(
     # Written last: a folder with metrics.json holds a complete report.
     atomic_write_text(out / "metrics.json", json.dumps(report, indent=1))
     return report
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The report of `evaluate_checkpoint` as a few aligned lines a person reads; metrics.json in the
+    report's folder keeps every number."""
+    lines = [f"{report['dataset']} {report['split']}: {report['num_samples']} images scored, "
+             f"{report['num_classes']} classes ({report['checkpoint']})"]
+    if report["skipped_images"]:
+        lines.append(f"skipped: {len(report['skipped_images'])} unreadable images (listed in metrics.json)")
+    lines += [
+        f"  top-1            {_percent(report['top1'])}",
+        f"  top-5            {_percent(report['top5'])}",
+        f"  mean class acc   {_percent(report['mean_class_acc'])} (std {_percent(report['std_class_acc'])})",
+    ]
+    temperature = report["temperature"]
+    if temperature is None:
+        lines += [f"  NLL              {report['nll']:.4f}",
+                  f"  ECE              {_percent(report['ece'])} (not calibrated: see fgir calibrate)"]
+    else:
+        lines += [f"  NLL              {report['nll']:.4f} -> {report['nll_calibrated']:.4f} after T = "
+                  f"{temperature:.3g} (fitted on {report['temperature_split']})",
+                  f"  ECE              {_percent(report['ece'])} -> {_percent(report['ece_calibrated'])}"]
+    long_tail = report["long_tail"]
+    if "skipped" in long_tail:
+        lines.append(f"  head/medium/tail {long_tail['skipped']}")
+    else:
+        lines.append(f"  training images per class: head > {long_tail['head_above']}, "
+                     f"tail < {long_tail['tail_below']}")
+        for group in GROUPS:
+            stats = long_tail[group]
+            scored = (f"top-1 {_percent(stats['top1'])}, mean class acc {_percent(stats['mean_class_acc'])}"
+                      if stats["samples"] else "no images in this split")
+            lines.append(f"  {group:<16} {scored} ({stats['classes']} classes, {stats['samples']} images)")
+    written = ["metrics.json", "predictions.csv", "confusion.csv", "per_class.csv", report["reliability_plot"]]
+    written += [plot for plot in (report["confusion_plot"], report["frequency_plot"]) if not plot.startswith("skipped")]
+    lines.append(f"written to {report['out_dir']}: {', '.join(written)}")
+    return "\n".join(lines)
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None or value != value else f"{value:.2f}%"  # NaN: no class present
 
 
 def training_counts(data: DataConfig, num_classes: int) -> tuple[torch.Tensor | None, str]:

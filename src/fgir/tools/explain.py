@@ -16,10 +16,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
-from fgir.engine.checkpoint import restore_model
-from fgir.engine.device import resolve_device
+from fgir.config import DataConfig
+from fgir.data import DatasetFileError, build_dataset
+from fgir.data.datasets import SPLITS
+from fgir.data.synthetic import _read_manifest, manifest
+from fgir.errors import FgirError
 from fgir.models.backbone import Backbone
 from fgir.models.glsim import GLSim
 from fgir.tools.attention import attention_rollout, last_layer_cls_attention
@@ -27,19 +31,28 @@ from fgir.tools.plots import image_panels
 from fgir.tools.predictor import Predictor, expand_inputs, open_image
 
 PathInput = str | os.PathLike
+# The maps are scaled to [0, 1] within each image (see heat_map).
+HEAT_SCALE = "patch score within the map (0: lowest, 1: highest)"
+RIGHT, WRONG = "\u2713", "\u2717"  # after the true class in a figure's title
 
 
 def explain_images(
-    checkpoint_path: PathInput, images: PathInput | Iterable[PathInput], out_dir: PathInput, device: str = "auto"
+    checkpoint_path: PathInput, images: PathInput | Iterable[PathInput], out_dir: PathInput, device: str = "auto",
+    weights: PathInput | None = None,
 ) -> list[Path]:
     """Write `<stem>_explain.png` into `out_dir` for every image (folders stand for their image
     files); returns the written paths in input order. Two inputs with the same stem get
-    `<stem>_<n>_explain.png` for the later ones instead of overwriting each other."""
-    torch_device = resolve_device(device)
-    model, checkpoint = restore_model(checkpoint_path, torch_device)
-    data = checkpoint.config.data
-    predictor = Predictor(model, checkpoint.class_names, data, torch_device)  # fp32: maps stay exact
+    `<stem>_<n>_explain.png` for the later ones instead of overwriting each other. `weights`: the
+    backbone weights of an adapter-only checkpoint (see `restore_model`).
+
+    The title gives the predicted class with the probability `fgir predict` shows (after the
+    checkpoint's fitted temperature) and, for an image listed in one of the checkpoint's split
+    files, its true class with a tick or a cross."""
+    # The maps are computed outside the predictor's autocast: in float32 whatever its precision.
+    predictor = Predictor.from_checkpoint(checkpoint_path, device=device, weights=weights)
+    model, data = predictor.model, predictor.data
     backbone = _backbone_of(model)
+    true_labels = listed_labels(data, len(predictor.class_names))
     mean, std = (torch.tensor(v).view(3, 1, 1) for v in (data.mean, data.std))
     written: list[Path] = []
     used: set[str] = set()
@@ -49,10 +62,32 @@ def explain_images(
         panels = explanation_panels(model, backbone, batch.to(predictor.device), shown)
         probabilities = predictor.probabilities(batch)[0]
         top = int(probabilities.argmax())
-        title = f"{predictor.class_names[top]} ({100 * probabilities[top]:.1f}%)"
+        title = f"predicted: {predictor.class_names[top]} ({100 * probabilities[top]:.1f}%)"
+        truth = None if isinstance(item, Image.Image) else true_labels.get(os.path.abspath(item))
+        if truth is not None:
+            title += f"    true: {predictor.class_names[truth]} {RIGHT if truth == top else WRONG}"
         path = Path(out_dir) / f"{_unique_stem(Path(name).stem, used)}_explain.png"
-        written.append(image_panels(panels, path, title=title))
+        written.append(image_panels(panels, path, title=title, colorbar_label=HEAT_SCALE))
     return written
+
+
+def listed_labels(data: DataConfig, num_classes: int) -> dict[str, int]:
+    """The label of every image the dataset's split files list, by absolute path; empty where the
+    dataset is not at hand or has another class count. A synthetic set is read only when the one
+    the checkpoint was trained on is there: explaining never generates or replaces one."""
+    if data.format == "synthetic" and _read_manifest(Path(data.root)) != manifest(data.synthetic):
+        return {}
+    labels: dict[str, int] = {}
+    for split in SPLITS:
+        try:
+            dataset = build_dataset(data, split, transform=None)
+        except (FgirError, DatasetFileError, OSError):
+            continue  # split not configured or not readable here
+        if dataset.num_classes != num_classes:
+            return {}
+        for path, label in zip(dataset.paths, dataset.labels, strict=True):
+            labels.setdefault(path, label)
+    return labels
 
 
 def explanation_panels(model: nn.Module, backbone: Backbone, batch: torch.Tensor, shown: np.ndarray) -> list:

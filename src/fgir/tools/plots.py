@@ -67,22 +67,29 @@ def image_panels(
     path: str | os.PathLike,
     title: str = "",
     columns: int = 3,
+    colorbar_label: str = "",
 ) -> Path:
     """A grid of images, each (caption, RGB image (H, W, 3) in [0, 1], optional heat map (H, W) in
-    [0, 1] drawn over it, optional box x0, y0, x1, y1 (exclusive) outlined), without axes."""
+    [0, 1] drawn over it, optional box x0, y0, x1, y1 (exclusive) outlined), without axes; one
+    colour bar for the heat maps at the right."""
     rows = -(-len(panels) // columns)
-    figure = Figure(figsize=(3.0 * columns, 3.0 * rows + (0.4 if title else 0.0)))
+    figure = Figure(figsize=(3.0 * columns + 0.8, 3.0 * rows + (0.4 if title else 0.0)))
+    heat_image = None
     for index, (caption, image, heat, box) in enumerate(panels):
         axes = figure.add_subplot(rows, columns, index + 1)
         axes.imshow(image, interpolation="nearest")
         if heat is not None:
-            axes.imshow(heat, cmap="jet", alpha=0.5, vmin=0.0, vmax=1.0, interpolation="nearest")
+            heat_image = axes.imshow(heat, cmap="jet", alpha=0.5, vmin=0.0, vmax=1.0, interpolation="nearest")
         if box is not None:
             x0, y0, x1, y1 = box
             # Pixel i covers [i - 0.5, i + 0.5] in imshow coordinates.
             axes.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, color="lime", lw=2))
         axes.set_title(caption, fontsize=9)
         axes.set_axis_off()
+    if heat_image is not None:
+        colorbar = figure.colorbar(heat_image, ax=figure.axes, fraction=0.03, pad=0.02, shrink=0.8)
+        colorbar.solids.set_alpha(1.0)  # the scale itself, not the blend with the image
+        colorbar.set_label(colorbar_label, fontsize=9)
     if title:
         figure.suptitle(title)
     return save_figure(figure, path)

@@ -79,12 +79,14 @@ class Predictor:
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str = "auto", precision: str = "auto",
                         batch_size: int = 32, temperature: float | None = None,
-                        unknown_below: float | None = None, compile: bool = False) -> Predictor:
+                        unknown_below: float | None = None, compile: bool = False,
+                        weights: str | os.PathLike | None = None) -> Predictor:
         """Load a checkpoint file or run directory; the dataset need not exist. `temperature` None
         takes the checkpoint's calibrated one (1 if it has none); 1.0 gives the raw softmax.
-        `compile`: torch.compile with frozen weights (pays off over many batches)."""
+        `compile`: torch.compile with frozen weights (pays off over many batches). `weights`: the
+        backbone weights of an adapter-only checkpoint (see `restore_model`)."""
         torch_device = resolve_device(device)
-        model, checkpoint = restore_model(path, torch_device)
+        model, checkpoint = restore_model(path, torch_device, weights=weights)
         if compile:
             compile_model(model, frozen_weights=True)
         if temperature is None:

@@ -54,17 +54,19 @@ def score_split(
     batch_size: int | None = None,
     progress: bool = True,
     compile: bool = False,
+    weights: str | os.PathLike | None = None,
 ) -> ScoredSplit:
     """Run a checkpoint (file or run directory) over `split` with the test transform.
 
     `data_overrides` replaces the checkpoint's data section (a DataConfig) or changes some of its
     keys (`data.key=value` items, e.g. `data.root=/elsewhere`); the image size must stay the model's.
     `compile` runs the model through torch.compile with frozen weights (faster on long splits; the
-    first batches pay for the compilation).
+    first batches pay for the compilation). `weights`: the pretrained backbone of an adapter-only
+    checkpoint, instead of the source it stores (see `restore_model`).
     """
     path = resolve_checkpoint_path(checkpoint_path)
     torch_device = resolve_device(device)
-    model, checkpoint = restore_model(path, torch_device)
+    model, checkpoint = restore_model(path, torch_device, weights=weights)
     if compile:
         compile_model(model, frozen_weights=True)
     data = checkpoint_data(checkpoint.config, data_overrides)

@@ -51,7 +51,8 @@ def test_each_targeted_linear_adds_the_scaled_low_rank_update():
         base, a, b = layer.get_base_layer(), layer.lora_A["default"].weight, layer.lora_B["default"].weight
         x = torch.randn(5, base.in_features)
         expected = F.linear(x, base.weight + (ALPHA / RANK) * b @ a, base.bias)
-        torch.testing.assert_close(layer(x), expected, rtol=0, atol=1e-6)
+        # Two orders of the same fp32 sums (outputs of magnitude ~5): equal to a few ulps.
+        torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_starts_equal_to_the_frozen_backbone():
