@@ -51,8 +51,8 @@ def port_is_open(port: int) -> bool:
 def drawn_extent(box_png: bytes) -> tuple[int, int, int, int]:
     """Height and width of what is drawn in a screenshot of a picture's box (the pixels unlike
     the box's background, its most common colour), and the box's own height and width, all within
-    a margin of 2 pixels (the frame's border may show at the edge). The box's label, which floats
-    over the picture, must be hidden in the screenshot."""
+    a margin of 2 pixels (the frame's border may show at the edge). The box's label and progress
+    indicator, which float over the picture, must be hidden in the screenshot."""
     pixels = np.asarray(Image.open(BytesIO(box_png)).convert("RGB")).astype(int)[2:-2, 2:-2]
     colours, counts = np.unique(pixels.reshape(-1, 3), axis=0, return_counts=True)
     drawn = np.abs(pixels - colours[counts.argmax()]).max(axis=2) > 8
@@ -60,11 +60,13 @@ def drawn_extent(box_png: bytes) -> tuple[int, int, int, int]:
     return rows[-1] - rows[0] + 1, columns[-1] - columns[0] + 1, *drawn.shape
 
 
-def wait_for_picture(page, element: str):
-    image = page.locator(f"{element} img")
-    image.wait_for()
-    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image.element_handle())
-    return image
+def wait_for_picture(page, element: str, replacing: str | None = None):
+    """The picture in `element` once it has loaded (and, with `replacing`, once its source is no
+    longer that one: a new answer replaces the picture after the classes are shown)."""
+    page.wait_for_function("([selector, old]) => { const img = document.querySelector(selector); "
+                           "return img !== null && img.src !== old && img.complete && img.naturalWidth > 0; }",
+                           arg=[f"{element} img", replacing])
+    return page.locator(f"{element} img")
 
 
 def test_an_upload_alone_shows_the_names_and_the_maps_at_display_size_then_a_bad_file_gets_its_message(
@@ -118,14 +120,18 @@ def test_an_upload_alone_shows_the_names_and_the_maps_at_display_size_then_a_bad
 
                 # A second upload replaces the answer; each map is drawn as large as its box allows,
                 # in its own proportions, although it has fewer pixels than the box.
+                first_sources = {element: page.locator(f"{element} img").get_attribute("src")
+                                 for element in ("#heat-map", "#crop")}
                 page.locator("#picture input[type=file]").set_input_files(str(noise))
                 noise_answer = recognizer.answer(noise, noise.name)
                 sync_api.expect(classes).to_contain_text(list(noise_answer.top)[0])
                 for element, shape in (("#heat-map", noise_answer.heat_map.shape), ("#crop", noise_answer.crop.shape)):
-                    image = wait_for_picture(page, element)
-                    page.wait_for_function("([img, h]) => img.naturalHeight === h", arg=[image.element_handle(), shape[0]])
-                    label_hidden = f"{element} label {{ visibility: hidden !important; }}"
-                    height, width, box_height, box_width = drawn_extent(image.screenshot(style=label_hidden))
+                    image = wait_for_picture(page, element, replacing=first_sources[element])
+                    assert image.evaluate("img => [img.naturalHeight, img.naturalWidth]") == list(shape[:2])
+                    overlays_hidden = (f"{element} label, {element} [data-testid=status-tracker] "
+                                       "{ visibility: hidden !important; }")
+                    screenshot = image.screenshot(style=overlays_hidden, animations="disabled")
+                    height, width, box_height, box_width = drawn_extent(screenshot)
                     assert box_height > shape[0] and box_width > shape[1]
                     assert height >= box_height - 2 or width >= box_width - 2, (element, height, width)
                     assert abs(height / width - shape[0] / shape[1]) < 0.05, (element, height, width)
