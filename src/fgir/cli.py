@@ -7,7 +7,9 @@ import argparse
 import json
 import os
 import sys
+from importlib.metadata import PackageNotFoundError, version
 
+import fgir
 from fgir.config import load_config
 from fgir.errors import FgirError
 
@@ -59,14 +61,18 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
     print(json.dumps(result, indent=1) if args.json else format_calibration(result))
 
 
-def cmd_predict(args: argparse.Namespace) -> None:
+def cmd_predict(args: argparse.Namespace) -> int:
     from fgir.tools.predictor import Predictor, format_predictions
 
     predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, batch_size=args.batch_size,
                                           unknown_below=args.unknown_below, compile=args.compile,
                                           weights=args.weights)
-    predictions = predictor.predict(args.images, topk=args.topk)
+    predictions = predictor.predict(args.images, topk=args.topk, on_error="skip")
     print(format_predictions(predictions, as_json=args.json))
+    unreadable = [p.error for p in predictions if p.error is not None]
+    for message in unreadable:
+        print(f"fgir predict: error: {message}", file=sys.stderr)
+    return 1 if unreadable else 0
 
 
 def cmd_explain(args: argparse.Namespace) -> None:
@@ -193,20 +199,39 @@ def cmd_config_keys(args: argparse.Namespace) -> None:
     print(format_keys(schema_help(), prefix=args.prefix or ""))
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (argparse's message names the option)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def _add_split_scoring_arguments(p: argparse.ArgumentParser, split: str, split_help: str) -> None:
     """What every command that runs a checkpoint over a dataset split (fgir.tools.scoring) takes."""
     p.add_argument("checkpoint", help="a checkpoint file or a run directory (its best checkpoint)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="data.* overrides, e.g. data.root=/data/cub")
     p.add_argument("--split", default=split, choices=("train", "val", "test"), help=split_help)
     p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--batch-size", type=positive_int, help="default: the checkpoint's data.eval_batch_size")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_weights_argument(p)
 
 
+def _version() -> str:
+    try:
+        return version("fgir")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return fgir.__version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fgir", description="Fine-grained image recognition with vision transformers.")
+    parser.add_argument("--version", action="version", version=f"fgir {_version()}")
     verbs = parser.add_subparsers(dest="verb", required=True)
 
     p = verbs.add_parser("train", help="train a model from a YAML recipe, or continue a run: "
@@ -215,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"a YAML recipe, then {USAGE_OVERRIDES}; with train.resume=<run dir> and no "
                         "recipe, the run's own config.yaml is the recipe")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs stay)")
-    p.add_argument("--stop-after-epochs", type=int, metavar="N",
+    p.add_argument("--stop-after-epochs", type=positive_int, metavar="N",
                    help="end this call after N epochs (e.g. a job's time limit); continue later with train.resume=<run dir>")
     p.set_defaults(func=cmd_train, trailing="items")
 
@@ -232,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--json", action="store_true", help="JSON instead of a table")
     p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     p.add_argument("--unknown-below", type=float, metavar="P",
                    help="answer 'unknown' when the top class's probability (after the checkpoint's fitted "
@@ -272,10 +297,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target", help="a YAML recipe or a checkpoint")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=USAGE_OVERRIDES)
     p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=positive_int, default=8)
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
     p.add_argument("--warmup", type=int, default=2, help="untimed iterations first")
-    p.add_argument("--iters", type=int, default=5, help="timed iterations")
+    p.add_argument("--iters", type=positive_int, default=5, help="timed iterations")
     p.add_argument("--compile", action="store_true", help=COMPILE_HELP + "; the warm-up iterations pay for it")
     p.add_argument("--out", help="also write the JSON here")
     _add_weights_argument(p)
@@ -306,8 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
                                             "size), for datasets whose photos are far larger than training needs")
     p.add_argument("items", nargs="*", metavar="CONFIG [KEY=VALUE ...]", help=f"a YAML recipe, then {USAGE_OVERRIDES}")
     p.add_argument("--out", required=True, help="the cache folder (a dataset.yaml to include is written there)")
-    p.add_argument("--short-side", type=int, help="short side of the cached images (default: the recipe's resize size)")
-    p.add_argument("--workers", type=int, help="decoding processes (default: one per core)")
+    p.add_argument("--short-side", type=positive_int, help="short side of the cached images (default: the recipe's resize size)")
+    p.add_argument("--workers", type=positive_int, help="decoding processes (default: one per core)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_data_cache, trailing="items")
 
@@ -330,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what is compared per layer (default: attention maps)")
     p.add_argument("--kernel", choices=("linear", "rbf"), default="linear")
     p.add_argument("--out", default="cka.png", help="the heat map (a CSV is written beside it)")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--device", default="auto")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="an override for the YAML recipes among the sources (repeatable)")
@@ -369,6 +394,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# A path the user gave that is missing, of the wrong kind or not accessible: their error, not fgir's.
+PATH_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)
+
+
+def _one_line(err: Exception) -> str:
+    if isinstance(err, OSError) and err.filename is not None and err.strerror:
+        return f"{err.filename}: {err.strerror}"  # not Python's "[Errno 20] Not a directory: '...'"
+    return str(err)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -381,8 +416,8 @@ def main(argv: list[str] | None = None) -> int:
         setattr(args, receiver, getattr(args, receiver) + extra)
     try:
         return args.func(args) or 0
-    except (FgirError, FileNotFoundError, FileExistsError) as err:
-        print(f"fgir {args.verb}: error: {err}", file=sys.stderr)
+    except (FgirError, *PATH_ERRORS) as err:
+        print(f"fgir {args.verb}: error: {_one_line(err)}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stderr.close()

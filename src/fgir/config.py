@@ -100,6 +100,12 @@ class DataConfig:
     # images out of their batch and lists them at the end of each epoch (metrics.json `skipped_images`);
     # evaluation reports them and how many images were scored.
     on_error: str = "fail"
+    # Images with more pixels are refused before decoding, by every verb (train, eval, check, predict,
+    # serve): a decoded 40 MP image holds about 300 MB in each process that reads it.
+    max_image_pixels: int = 40_000_000
+    # Open every listed image's header before any work (fgir.data.preflight), so a bad file stops a run at
+    # its start, not hours in: on, off, or auto (on when the splits list fewer than 150,000 images).
+    preflight: str = "auto"
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     long_tail: LongTailConfig = field(default_factory=LongTailConfig)
 
@@ -223,6 +229,7 @@ CHOICES = {
     "data.test_resize": ("crop", "direct"),
     "data.transform_backend": ("tensor", "pil"),
     "data.on_error": ("fail", "skip"),
+    "data.preflight": ("auto", "on", "off"),
     "train.optimizer": ("sgd", "adamw"),
     "train.class_weights": ("none", "inverse_sqrt", "effective_number"),
     "train.precision": ("auto", "fp32", "bf16", "fp16"),
@@ -309,12 +316,20 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[str, dict]
     if path in seen:
         chain = " -> ".join(str(p) for p in (*seen, path))
         raise ConfigError(f"include cycle: {chain}")
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a folder; give a YAML file")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
+        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: invalid YAML: {err}") from err
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        raise ConfigError(f"{where}: invalid YAML: {getattr(err, 'problem', None) or err}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not a UTF-8 text file (byte {err.start}: {err.reason}); save it as UTF-8") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read: {err.strerror}") from None
     if not isinstance(tree, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(tree).__name__}")
     includes = tree.pop("include", []) or []
@@ -333,7 +348,11 @@ def _dotlist_to_tree(overrides: list[str]) -> list[tuple[str, dict]]:
         if "=" not in item:
             raise ConfigError(f"command-line override '{item}' is not of the form key=value")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else None
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"command-line override '{item}': the value is not valid YAML "
+                              f"({getattr(err, 'problem', None) or err}); quote it to pass text") from None
         tree: dict = {}
         node = tree
         parts = key.strip().split(".")
@@ -349,11 +368,25 @@ def _merge_layer(base: DictConfig, origin: str, tree: dict) -> DictConfig:
     try:
         return OmegaConf.merge(base, tree)
     except OmegaConfBaseException as err:
-        key = getattr(err, "full_key", None) or "?"
-        expected = VALID_KEYS.get(key, "?")
-        raise ConfigError(
-            f"bad value for config key '{key}' ({origin}): expected {expected}; {err.msg if hasattr(err, 'msg') else err}"
-        ) from None
+        # An element of a list ('data.mean[0]') is reported as the list, the schema's unit.
+        key = (getattr(err, "full_key", None) or "?").split("[")[0]
+        got = _value_in(tree, key)
+        if key not in VALID_KEYS or got is _ABSENT:  # OmegaConf's first line, without its internals
+            raise ConfigError(f"bad value ({origin}): {str(err).splitlines()[0]}") from None
+        shown = "null" if got is None else f"{got!r} ({type(got).__name__})"
+        raise ConfigError(f"bad value for config key '{key}' ({origin}): expected {VALID_KEYS[key]}, got {shown}") from None
+
+
+_ABSENT = object()
+
+
+def _value_in(tree: dict, key: str) -> Any:
+    node: Any = tree
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _ABSENT
+        node = node[part]
+    return node
 
 
 def _compose(base: DictConfig, layers: list[tuple[str, dict]]) -> Config:
@@ -376,7 +409,8 @@ def apply_overrides(config: Config, overrides: list[str]) -> Config:
 
 
 POSITIVE = ("train.lr", "train.epochs", "train.grad_accum_steps", "train.eval_every", "train.max_bad_steps",
-            "data.image_size", "data.batch_size", "data.eval_batch_size", "data.resize_ratio", "model.glsim.top_o",
+            "data.image_size", "data.batch_size", "data.eval_batch_size", "data.resize_ratio", "data.max_image_pixels",
+            "model.glsim.top_o",
             "model.ifa.temperature", "model.ifa.exclusion_distance",
             "model.peft.bottleneck", "model.peft.prompt_length", "model.peft.lora_rank", "model.peft.lora_alpha")
 NON_NEGATIVE = ("train.warmup_steps", "train.weight_decay", "train.grad_clip", "train.min_lr", "train.warmup_lr",
@@ -393,6 +427,8 @@ def _value(config: Config, key: str) -> Any:
 
 def validate(config: Config) -> None:
     """Reject values no run could use, before any work starts."""
+    # YAML reads a bare on / off as a boolean, which this str key receives as 'True' / 'False'.
+    config.data.preflight = {"True": "on", "False": "off"}.get(config.data.preflight, config.data.preflight)
     for key, allowed in CHOICES.items():
         value = _value(config, key)
         if value not in allowed:

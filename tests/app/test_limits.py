@@ -1,9 +1,15 @@
+import dataclasses
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from fgir.app.limits import MAX_UPLOAD_BYTES, UploadError, open_upload
-from fgir.data import read_image
+from fgir.app.recognizer import Recognizer
+from fgir.data import ImageReadError, read_image
+from fgir.tools.predictor import Predictor
+
+from .conftest import save_tiny_checkpoint, tiny_config
 
 
 def test_an_accepted_image_is_returned_as_read_image_reads_it(picture, tmp_path):
@@ -46,3 +52,21 @@ def test_too_many_pixels_other_formats_and_truncated_files_are_refused(tmp_path)
     cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
     with pytest.raises(UploadError, match=r"^cut\.jpg cannot be decoded: "):
         open_upload(cut, "cut.jpg")
+
+
+def test_an_mpo_photo_is_accepted_and_its_first_picture_read(tmp_path):
+    first, second = Image.new("RGB", (12, 8), (200, 20, 20)), Image.new("RGB", (12, 8), (20, 20, 200))
+    photo = tmp_path / "phone.jpg"
+    first.save(photo, format="MPO", save_all=True, append_images=[second])
+    assert Image.open(photo).format == "MPO"
+    opened = open_upload(photo, "phone.jpg")
+    assert opened.size == (12, 8) and np.abs(np.asarray(opened).astype(int) - (200, 20, 20)).max() <= 8
+
+
+def test_serve_and_predict_take_the_pixel_limit_from_the_checkpoint(tmp_path, picture):
+    data = dataclasses.replace(tiny_config("vit", tmp_path / "none").data, max_image_pixels=1919)  # picture: 1920
+    path, _ = save_tiny_checkpoint(tmp_path, "vit", data)
+    with pytest.raises(UploadError, match=r"^picture\.png is 48 x 40 pixels; the limit is 0\.001919 megapixels$"):
+        Recognizer.from_checkpoint(path, device="cpu").answer(picture, "picture.png")
+    with pytest.raises(ImageReadError, match=r"over the limit of 0\.001919 megapixels \(data\.max_image_pixels=1919;"):
+        Predictor.from_checkpoint(path, device="cpu").predict(picture)

@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 import fgir
+from fgir.cli import main
 from fgir.config import Config, DataConfig, ModelConfig
 from fgir.data import ImageReadError, build_transform, read_image
 from fgir.engine.checkpoint import save_checkpoint
@@ -113,6 +114,47 @@ def test_bad_inputs_name_the_path(trained, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no image files .* in folder .*empty"):
         predictor.predict(tmp_path / "empty")
+
+
+@pytest.fixture
+def photos_with_bad_files(photos):
+    """The photos folder plus a truncated PNG and an empty JPEG between the good images."""
+    (photos / "a2.png").write_bytes((photos / "b.png").read_bytes()[:60])
+    (photos / "b2.jpg").write_bytes(b"")
+    return photos
+
+
+def test_a_folder_with_unreadable_files_predicts_the_others(trained, photos_with_bad_files):
+    photos = photos_with_bad_files
+    predictor = Predictor.from_checkpoint(trained[0], device="cpu", batch_size=2)
+    with pytest.raises(ImageReadError, match="a2.png"):
+        predictor.predict(photos)  # on_error="fail" by default
+
+    predictions = predictor.predict(photos, topk=2, on_error="skip")
+    assert [p.image for p in predictions] == [str(photos / n) for n in ("a.jpg", "a2.png", "b.png", "b2.jpg", "sub/c.png")]
+    failed = {p.image: p for p in predictions if p.error is not None}
+    assert list(failed) == [str(photos / "a2.png"), str(photos / "b2.jpg")]
+    assert all(p.topk == [] for p in failed.values())
+    assert failed[str(photos / "b2.jpg")].error == f"cannot read image {photos / 'b2.jpg'}: file is empty (0 bytes)"
+    clean = predictor.predict([photos / "a.jpg", photos / "b.png", photos / "sub/c.png"], topk=2)
+    for got, want in zip([p for p in predictions if p.error is None], clean, strict=True):
+        assert got.image == want.image and [s.class_id for s in got.topk] == [s.class_id for s in want.topk]
+        assert [s.probability for s in got.topk] == pytest.approx([s.probability for s in want.topk], abs=1e-5)
+
+
+def test_cli_predict_folder_names_each_failure_and_exits_1(trained, photos_with_bad_files, capsys):
+    photos = photos_with_bad_files
+    assert main(["predict", str(trained[0]), str(photos), "--device", "cpu", "--topk", "1"]) == 1
+    out, err = capsys.readouterr()
+    assert err.splitlines() == [f"fgir predict: error: cannot read image {photos / 'a2.png'}: OSError: image file is truncated",
+                                f"fgir predict: error: cannot read image {photos / 'b2.jpg'}: file is empty (0 bytes)"]
+    assert [line.split()[0] for line in out.splitlines()[1:]] == [str(photos / n) for n in ("a.jpg", "b.png", "sub/c.png")]
+
+    assert main(["predict", str(trained[0]), str(photos), "--device", "cpu", "--json"]) == 1
+    out, err = capsys.readouterr()
+    decoded = json.loads(out)
+    assert [d["image"] for d in decoded if d["error"]] == [str(photos / "a2.png"), str(photos / "b2.jpg")]
+    assert [len(d["topk"]) for d in decoded] == [4, 0, 4, 0, 4] and len(err.splitlines()) == 2
 
 
 def test_json_round_trips_and_table_lists_every_rank():

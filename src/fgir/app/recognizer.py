@@ -62,7 +62,7 @@ class Recognizer:
 
     def answer(self, path: str | os.PathLike, name: str) -> Answer:
         """Classify the upload at `path`; `name` is how errors refer to it (raises UploadError)."""
-        image = open_upload(path, name)
+        image = open_upload(path, name, self.predictor.data.max_image_pixels)
         (prediction,) = self.predictor.predict([image], topk=TOP_K)
         top = {score.class_name: score.probability for score in prediction.topk}
         batch = self.predictor.transform(image).unsqueeze(0)

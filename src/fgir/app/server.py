@@ -20,7 +20,7 @@ from gradio import processing_utils
 from gradio.utils import get_upload_folder
 from PIL import Image
 
-from fgir.app.limits import ACCEPTED_FORMATS, MAX_PIXELS, MAX_UPLOAD_BYTES, UploadError
+from fgir.app.limits import ACCEPTED_FORMATS, MAX_UPLOAD_BYTES, UploadError
 from fgir.app.recognizer import TOP_K, Recognizer
 from fgir.errors import FgirError
 
@@ -43,7 +43,7 @@ def build_app(recognizer: Recognizer) -> gr.Blocks:
         gr.Markdown(
             f"### What is in the picture?\nThe top {TOP_K} of {len(recognizer.predictor.class_names)} classes. "
             f"Images only ({', '.join(ACCEPTED_FORMATS)}), at most {MAX_UPLOAD_BYTES // 2**20} MB and "
-            f"{MAX_PIXELS // 10**6} megapixels."
+            f"{recognizer.predictor.data.max_image_pixels / 1e6:g} megapixels."
         )
         with gr.Row():
             with gr.Column():

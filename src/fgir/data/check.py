@@ -3,8 +3,9 @@
 The readers stop at the first bad row, which is right for training but slow for repairing a
 dataset. Here the split files are scanned row by row with the readers' own row checks (so the
 checker and the loader agree on what is wrong), problems are collected instead of raised, and the
-images are opened once each in a thread pool. A path listed in two splits is a warning (leakage
-between train and test inflates test accuracy) rather than an error.
+images are opened once each in a thread pool. An image listed in two splits (the same path under
+the image folder), or two splits naming the same file, is a warning (leakage between train and
+test inflates test accuracy) rather than an error.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import re
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -31,6 +33,7 @@ from fgir.data.readers import (
     _is_integer,
     _label,
     _relative_path,
+    _unique_path,
 )
 from fgir.data.synthetic import ensure_synthetic
 
@@ -115,6 +118,7 @@ def check_dataset(
     report = CheckReport()
     num_classes, names = _class_info(data, report)
     entries: list[_Entry] = []
+    first_split: dict[Path, str] = {}  # split file or folder -> the first split that names it
     for split in splits:
         if split not in SPLITS:
             raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got '{split}'")
@@ -122,6 +126,12 @@ def check_dataset(
         if name is None:
             continue
         location = Path(data.root) / name
+        same = first_split.setdefault(location.resolve(), split)
+        if same != split:  # scanned once: its rows are one listing, not a leak row by row
+            kind = "folder" if data.format == "folder" else "file"
+            report.problems.append(Problem(str(location), None, same_split_file(same, split, kind), "warning"))
+            report.counts[split] = report.counts[same]
+            continue
         if data.format == "folder":
             found = _scan_folder(location, names, report)
             report.counts[split] = len(found)
@@ -130,7 +140,8 @@ def check_dataset(
             report.counts[split], found = _scan_split_file(location, data.format, num_classes, image_root, report)
         entries += found
     _check_leakage(entries, report)
-    _check_images(entries, open_images, progress, report)
+    check = partial(_read_problem, max_pixels=data.max_image_pixels) if open_images else _exists_problem
+    _check_images(entries, check, progress, report)
     return report
 
 
@@ -214,13 +225,9 @@ def _scan_split_file(
                     checked(_box, line, [row[columns.index(name)] for name in BOX_COLUMNS])
                 if relative is None or label is None:
                     continue
-                key = os.path.normpath(str(relative))
-                if key in first_line:
-                    report.problems.append(
-                        Problem(file, line, f"duplicate row: '{relative}' is already listed on line {first_line[key]}")
-                    )
+                key = checked(_unique_path, line, relative, first_line)
+                if key is None:
                     continue
-                first_line[key] = line
                 entries.append(_Entry(file, line, os.path.abspath(image_root / key)))
         except csv.Error as err:
             report.problems.append(Problem(file, reader.line_num, f"not a readable CSV file: {err}"))
@@ -257,6 +264,18 @@ def _scan_folder(root: Path, names: list[str] | None, report: CheckReport) -> li
     return entries
 
 
+def same_split_file(first: str, second: str, kind: str = "file") -> str:
+    """The warning for two splits that name one split file (or folder: `kind`)."""
+    return f"data.{first} and data.{second} both name this {kind}: {leakage_harm(first, second)}"
+
+
+def leakage_harm(first: str, second: str) -> str:
+    """What sharing images between the splits `first` and `second` does to the results."""
+    if first == "train" or second == "train":
+        return f"the {second if first == 'train' else first} score counts images the model trained on"
+    return "the checkpoint is chosen on test images, which inflates the test score"
+
+
 def _check_leakage(entries: list[_Entry], report: CheckReport) -> None:
     first: dict[str, _Entry] = {}
     for entry in entries:
@@ -268,10 +287,10 @@ def _check_leakage(entries: list[_Entry], report: CheckReport) -> None:
             )
 
 
-def _check_images(entries: list[_Entry], open_images: bool, progress: bool, report: CheckReport) -> None:
-    """Each distinct image is opened (or stat-ed) once; a failure is reported at every listing."""
+def _check_images(entries: list[_Entry], check: Callable[[str], str | None], progress: bool,
+                  report: CheckReport) -> None:
+    """Each distinct image is checked (decoded or stat-ed) once; a failure is reported at every listing."""
     images = list(dict.fromkeys(entry.image for entry in entries))
-    check = _read_problem if open_images else _exists_problem
     with ThreadPoolExecutor() as pool:
         results = pool.map(check, images)
         found = dict(zip(images, tqdm(results, total=len(images), desc="checking images", unit="img",
@@ -281,9 +300,9 @@ def _check_images(entries: list[_Entry], open_images: bool, progress: bool, repo
             report.problems.append(Problem(entry.file, entry.line, found[entry.image]))
 
 
-def _read_problem(image: str) -> str | None:
+def _read_problem(image: str, max_pixels: int) -> str | None:
     try:
-        read_image(image)
+        read_image(image, max_pixels=max_pixels)
     except ImageReadError as err:
         return str(err)
     return None

@@ -49,6 +49,7 @@ class ImageListDataset(Dataset):
         boxes: np.ndarray | torch.Tensor | None = None,
         on_error: str = "fail",
         decode_size: int | None = None,
+        max_pixels: int = DataConfig.max_image_pixels,
     ) -> None:
         if len(paths) != len(labels):
             raise ValueError(f"got {len(paths)} paths but {len(labels)} labels")
@@ -64,6 +65,7 @@ class ImageListDataset(Dataset):
         self.on_error = on_error
         # JPEGs are decoded at the smallest reduced scale still >= decode_size x decode_size.
         self.min_size = None if decode_size is None else (decode_size, decode_size)
+        self.max_pixels = max_pixels
 
     @property
     def num_classes(self) -> int:
@@ -75,7 +77,7 @@ class ImageListDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[Any, int] | UnreadableImage:
         index, sample_seed = key if isinstance(key, tuple) else (key, None)
         try:
-            image = read_image(self.paths[index], min_size=self.min_size)
+            image = read_image(self.paths[index], min_size=self.min_size, max_pixels=self.max_pixels)
         except ImageReadError as err:
             if self.on_error == "fail":
                 raise
@@ -180,7 +182,7 @@ def build_dataset(data: DataConfig, split: str, transform: Callable[[Any], Any] 
     # Train and test transforms start with a square resize no larger than resize_size(data).
     decode_size = resize_size(data) if data.fast_decode else None
     return ImageListDataset(paths, rows.labels, names, transform, rows.boxes, on_error=data.on_error,
-                            decode_size=decode_size)
+                            decode_size=decode_size, max_pixels=data.max_image_pixels)
 
 
 def image_root(data: DataConfig, split_name: str) -> Path:

@@ -1,9 +1,9 @@
 """Readers for the split, label and class-name files and folder-per-class layouts.
 
 Every problem is reported as `file:line: what was expected, what was found`. Rows are checked as
-they are read (integer labels in range, safe relative paths), but image files are not opened or
-even stat-ed here: on a network disk that would cost minutes for a few hundred thousand rows, and
-`read_image` names the file anyway when it is missing.
+they are read (integer labels in range, safe relative paths, each image listed once), but image
+files are not opened or even stat-ed here: on a network disk that would cost minutes for a few
+hundred thousand rows, and `read_image` names the file anyway when it is missing.
 """
 
 from __future__ import annotations
@@ -16,11 +16,13 @@ from typing import NamedTuple
 
 import numpy as np
 
+from fgir.errors import FgirError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 BOX_COLUMNS = ("x0", "y0", "x1", "y1")
 
 
-class DatasetFileError(ValueError):
+class DatasetFileError(FgirError, ValueError):
     """A split, label or class-name file (or folder) that cannot be used; names file and line."""
 
 
@@ -72,6 +74,16 @@ def _relative_path(path: Path, line: int, text: str) -> str:
     return text
 
 
+def _unique_path(path: Path, line: int, relative: str, first_line: dict[str, int]) -> str:
+    """The normalised `relative`, remembered in `first_line`; a second listing of one image is
+    refused, since it would be trained on and scored twice."""
+    key = os.path.normpath(relative)
+    if key in first_line:
+        raise DatasetFileError(f"{path}:{line}: duplicate row: '{relative}' is already listed on line {first_line[key]}")
+    first_line[key] = line
+    return key
+
+
 def _header(path: Path, rows: Iterator[tuple[csv.Reader, list[str]]], required: tuple[str, ...]) -> list[str]:
     """The column names of the first row, which must include `required`."""
     header = next(rows, None)
@@ -96,6 +108,7 @@ def read_split_csv(csv_path: str | os.PathLike, num_classes: int | None = None) 
     label_at, dir_at = columns.index("class_id"), columns.index("dir")
     box_at = [columns.index(name) for name in BOX_COLUMNS] if set(BOX_COLUMNS) <= set(columns) else None
     paths, labels, boxes = [], [], []
+    first_line: dict[str, int] = {}
     for reader, row in rows:
         line = reader.line_num
         if len(row) != len(columns):
@@ -104,6 +117,7 @@ def read_split_csv(csv_path: str | os.PathLike, num_classes: int | None = None) 
             )
         labels.append(_label(path, line, row[label_at].strip(), num_classes))
         paths.append(_relative_path(path, line, row[dir_at].strip()))
+        _unique_path(path, line, paths[-1], first_line)
         if box_at is not None:
             boxes.append(_box(path, line, [row[i] for i in box_at]))
     if not paths:
@@ -127,6 +141,7 @@ def read_label_file(label_path: str | os.PathLike, num_classes: int | None = Non
     """A headerless `class_id,relative_path` file (the DAF:re label format)."""
     path = Path(label_path)
     paths, labels = [], []
+    first_line: dict[str, int] = {}
     for reader, row in _rows(path):
         line = reader.line_num
         if len(row) != 2:
@@ -139,6 +154,7 @@ def read_label_file(label_path: str | os.PathLike, num_classes: int | None = Non
             )
         labels.append(_label(path, line, label_text, num_classes))
         paths.append(_relative_path(path, line, row[1].strip()))
+        _unique_path(path, line, paths[-1], first_line)
     if not paths:
         raise DatasetFileError(f"{path}: no rows")
     return SplitRows(paths, labels, None)

@@ -8,9 +8,12 @@ is reproducible whatever the number of workers, and a resumed run continues the 
 
 from __future__ import annotations
 
+import atexit
 import math
+import multiprocessing.util  # noqa: F401 (registers its exit hook before ours, see _stop_workers)
 import os
 import signal
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -104,9 +107,42 @@ class EpochSampler(Sampler[tuple[int, int]]):
 def ignore_stop_signals(worker_id: int) -> None:
     """Workers leave SIGINT / SIGTERM to the main process, which stops at the end of a step and saves
     a checkpoint (a Ctrl-C or a scheduler's SIGTERM reaches the whole process group); the main process
-    shuts the workers down itself, and they exit when it dies."""
+    shuts the workers down itself (`WorkerShutdownLoader`), and they exit when it dies."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+class WorkerShutdownLoader(DataLoader):
+    """A DataLoader whose worker processes are shut down when the interpreter exits, however it exits.
+
+    At exit Python's multiprocessing sends SIGTERM to daemon children and then waits for them: workers
+    that ignore SIGTERM would keep a failed run waiting forever. So the workers of every loader still
+    running are shut down before that, as the loader does when it is garbage collected (which the
+    traceback of an exception, still referenced at exit, prevents), and killed if they do not stop.
+    """
+
+    def _get_iterator(self):
+        iterator = super()._get_iterator()
+        if self.num_workers > 0:
+            _iterators_with_workers.add(iterator)
+        return iterator
+
+
+_iterators_with_workers: weakref.WeakSet = weakref.WeakSet()
+
+
+def _stop_workers() -> None:
+    for iterator in list(_iterators_with_workers):
+        iterator._shutdown_workers()
+        for worker in iterator._workers:
+            if worker.is_alive():  # still busy after the loader's grace period, and deaf to SIGTERM
+                worker.kill()
+                worker.join()
+
+
+# atexit runs the hook registered last first: this one before those of torch's DataLoader and of
+# multiprocessing (both imported above), which would make the shutdown a no-op and wait on the workers.
+atexit.register(_stop_workers)
 
 
 def auto_num_workers(num_samples: int) -> int:
@@ -143,7 +179,7 @@ def build_loader(
     sampler = EpochSampler(len(dataset), seed=seed, shuffle=train, rank=rank, world_size=world_size,
                            drop_last=drop_last)
     workers = auto_num_workers(len(dataset)) if num_workers < 0 else num_workers
-    return DataLoader(
+    return WorkerShutdownLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,

@@ -16,10 +16,12 @@ refuses it when its hash differs.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -158,30 +160,56 @@ def load_checkpoint(path: str | os.PathLike, *, with_train_state: bool = False) 
                 if TRAIN_STATE not in metadata:
                     raise CheckpointError(f"{path}: holds no training state (only 'last' checkpoints can be resumed)")
                 tensors = {k: handle.get_tensor(k) for k in keys if k.startswith(TRAIN_STATE + "/")}
-                train_state = unflatten(json.loads(metadata[TRAIN_STATE]), tensors)
+                train_state = unflatten(_entry(path, metadata, TRAIN_STATE, json.loads, dict), tensors)
     except SafetensorError as err:
         raise CheckpointError(f"{path}: unreadable checkpoint ({err})") from err
+    class_names = _entry(path, metadata, "class_names", json.loads, list)
+    if not all(isinstance(name, str) for name in class_names):
+        raise CheckpointError(f"{path}: damaged fgir checkpoint: metadata 'class_names' is not a list of names")
     return Checkpoint(
         path=path,
-        config=from_dict(yaml.safe_load(metadata["config"]), origin=f"checkpoint {path}"),
-        class_names=json.loads(metadata["class_names"]),
-        epoch=int(metadata["epoch"]),
-        global_step=int(metadata["global_step"]),
-        metrics=json.loads(metadata.get("metrics", "{}")),
+        config=from_dict(_entry(path, metadata, "config", yaml.safe_load, dict), origin=f"checkpoint {path}"),
+        class_names=class_names,
+        epoch=_entry(path, metadata, "epoch", int, int),
+        global_step=_entry(path, metadata, "global_step", int, int),
+        metrics=_entry(path, metadata, "metrics", json.loads, dict) if "metrics" in metadata else {},
         model_state=model_state,
         train_state=train_state,
-        backbone=_backbone_identity(metadata),
+        backbone=_backbone_identity(path, metadata),
     )
+
+
+def _entry(path: Path, metadata: dict[str, str], name: str, parse: Callable[[str], Any], kind: type) -> Any:
+    """A metadata entry, parsed (JSON, YAML or an integer) and of the expected kind; the error of a
+    damaged file names the file and the entry."""
+    if name not in metadata:
+        raise CheckpointError(f"{path}: damaged fgir checkpoint: its metadata has no '{name}' entry")
+    try:
+        value = parse(metadata[name])
+    except (ValueError, yaml.YAMLError) as err:  # json.JSONDecodeError is a ValueError
+        reason = getattr(err, "problem", None) or str(err).splitlines()[0]  # a YAML error's problem is one line
+        raise CheckpointError(f"{path}: damaged fgir checkpoint: metadata '{name}' does not parse ({reason})") from None
+    if not isinstance(value, kind):
+        raise CheckpointError(f"{path}: damaged fgir checkpoint: metadata '{name}' is a {type(value).__name__}, "
+                              f"not a {kind.__name__}")
+    return value
 
 
 def read_backbone_identity(path: str | os.PathLike) -> BackboneIdentity | None:
     """The backbone identity of an adapter-only checkpoint (None for a full one), from its metadata
     alone: whether rebuilding its model needs the pretrained weights."""
-    return _backbone_identity(read_metadata(path))
+    return _backbone_identity(resolve_checkpoint_path(path), read_metadata(path))
 
 
-def _backbone_identity(metadata: dict[str, str]) -> BackboneIdentity | None:
-    return BackboneIdentity(**json.loads(metadata[BACKBONE])) if BACKBONE in metadata else None
+def _backbone_identity(path: Path, metadata: dict[str, str]) -> BackboneIdentity | None:
+    if BACKBONE not in metadata:
+        return None
+    fields = _entry(path, metadata, BACKBONE, json.loads, dict)
+    try:
+        return BackboneIdentity(**fields)
+    except TypeError:  # other or missing fields
+        raise CheckpointError(f"{path}: damaged fgir checkpoint: metadata '{BACKBONE}' holds {sorted(fields)}, "
+                              f"expected {[f.name for f in dataclasses.fields(BackboneIdentity)]}") from None
 
 
 def load_model_state(

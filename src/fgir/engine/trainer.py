@@ -39,6 +39,7 @@ from tqdm import tqdm
 from fgir.config import Config, ConfigError, save_config, to_dict, with_absolute_paths
 from fgir.data import build_batch_mix, build_dataset, build_loader, build_transform, dataset_info
 from fgir.data.datasets import Batch
+from fgir.data.preflight import preflight
 from fgir.engine.acceleration import compile_model, set_grad_checkpointing, use_channels_last
 from fgir.engine.checkpoint import (
     CheckpointError,
@@ -355,6 +356,7 @@ def _train(config: Config, progress: bool, stop_after_epochs: int | None, device
         print(run_header(config, device, dtype, ddp.world_size, class_names, sizes, steps_per_epoch, run_dir))
         if warmup_warning:
             print(warmup_warning, file=sys.stderr)
+    preflight(config.data, progress=progress, echo=ddp.is_main)  # every split's images, before any work
 
     # Model, optimizer, schedule (per optimizer step). A resumed run takes every weight from its
     # checkpoint, so it does not fetch pretrained weights again (it may run offline); neither does

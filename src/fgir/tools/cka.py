@@ -203,7 +203,7 @@ def analyze_cka(sources: PathInput | list[PathInput], images: PathInput | Iterab
     for source in sources:
         model, data = load_for_analysis(source, torch_device, overrides if is_recipe(source) else (), weights)
         transform = build_transform(data, train=False)
-        batches = (torch.stack([transform(open_image(item)) for item in items[start:start + batch_size]])
+        batches = (torch.stack([transform(open_image(item, data.max_image_pixels)) for item in items[start:start + batch_size]])
                    .to(torch_device) for start in range(0, len(items), batch_size))
         matrices[str(source)] = model_cka(model, batches, representation, kernel)
     out = Path(out)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 
 from fgir.config import IMAGENET_MEAN, IMAGENET_STD, Config, GLSimConfig, ModelConfig, validate
 from fgir.data.readers import DatasetFileError, read_class_names
@@ -103,21 +104,38 @@ def convert_glsim_reference(
 def read_reference(src: Path) -> dict[str, Any]:
     """Unpickle with torch's weights-only loader, allowing argparse.Namespace and nothing else, so a
     tampered file cannot run code."""
+    if src.is_dir():
+        raise ConversionError(f"{src} is a folder; give the release's .pth file")
     if not src.is_file():
         raise ConversionError(f"reference checkpoint not found: {src}")
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             payload = torch.load(src, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        raise ConversionError(
-            f"{src}: refused to load: it holds objects other than tensors and an argparse.Namespace "
-            f"({str(err).splitlines()[0]})"
-        ) from err
+        foreign = _foreign_globals(src)
+        if foreign or "Unsupported global" in str(err):
+            raise ConversionError(
+                f"{src}: refused to load: it holds objects other than tensors and an argparse.Namespace"
+                f"{' (' + ', '.join(foreign) + ')' if foreign else ''}, which could run code"
+            ) from None
+        raise ConversionError(f"{src}: not a file written by torch.save (it does not unpickle)") from None
+    except (RuntimeError, EOFError, SafetensorError) as err:  # torch.load's errors for damaged or foreign files
+        reason = str(err).splitlines()[0] if str(err) else "the file ends early"
+        raise ConversionError(f"{src}: not a readable torch.save file ({type(err).__name__}: {reason})") from None
     if not isinstance(payload, dict) or not {"config", "model"} <= payload.keys():
         raise ConversionError(f"{src}: expected a dict with 'config' and 'model' (a GLSim release checkpoint)")
     if not isinstance(payload["config"], argparse.Namespace):
         raise ConversionError(f"{src}: 'config' is a {type(payload['config']).__name__}, not an argparse.Namespace")
     return payload
+
+
+def _foreign_globals(src: Path) -> list[str]:
+    """What the file would import besides argparse.Namespace; empty when that cannot be listed (a file
+    that is not a torch.save zip archive)."""
+    try:
+        return sorted(set(torch.serialization.get_unsafe_globals_in_checkpoint(str(src))) - {"argparse.Namespace"})
+    except (ValueError, RuntimeError):
+        return []
 
 
 def strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -57,7 +57,7 @@ def explain_images(
     written: list[Path] = []
     used: set[str] = set()
     for name, item in expand_inputs(images):
-        batch = predictor.transform(open_image(item)).unsqueeze(0)
+        batch = predictor.transform(open_image(item, data.max_image_pixels)).unsqueeze(0)
         shown = (batch[0] * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
         panels = explanation_panels(model, backbone, batch.to(predictor.device), shown)
         probabilities = predictor.probabilities(batch)[0]

@@ -6,7 +6,8 @@
 
 Probabilities are softmax(logits / T) with the temperature T stored in the checkpoint by
 `fgir calibrate` (1 when it was never calibrated). With `unknown_below`, an image whose most
-probable class is less likely than that is marked unknown (its top-k list is kept).
+probable class is less likely than that is marked unknown (its top-k list is kept). With
+`on_error="skip"`, a file that cannot be read comes back with its `error` and the others are predicted.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from PIL import Image
 from torch import nn
 
 from fgir.config import DataConfig
-from fgir.data import build_transform, read_image
+from fgir.data import ImageReadError, build_transform, read_image
 from fgir.data.readers import IMAGE_EXTENSIONS
 from fgir.engine.acceleration import compile_model
 from fgir.engine.checkpoint import restore_model
@@ -36,7 +37,7 @@ UNKNOWN_LABEL = "unknown (top class below the threshold)"
 
 
 class PredictorError(FgirError, ValueError):
-    """A prediction setting that cannot be used (top-k, temperature, unknown threshold)."""
+    """A prediction setting that cannot be used (top-k, batch size, temperature, unknown threshold)."""
 
 
 @dataclass(frozen=True)
@@ -49,8 +50,9 @@ class ClassScore:
 @dataclass(frozen=True)
 class Prediction:
     image: str  # the file path, or "<image i>" for the i-th in-memory image of the call
-    topk: list[ClassScore]  # most probable first
+    topk: list[ClassScore]  # most probable first; empty when the image could not be read
     unknown: bool = False  # the top probability is under the predictor's `unknown_below`
+    error: str | None = None  # why the image could not be read (predict with on_error="skip")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -66,6 +68,8 @@ class Predictor:
             raise PredictorError(f"temperature must be a positive number, got {temperature}")
         if unknown_below is not None and not 0 <= unknown_below <= 1:
             raise PredictorError(f"unknown_below is a probability in [0, 1], got {unknown_below}")
+        if batch_size < 1:
+            raise PredictorError(f"batch_size must be >= 1, got {batch_size}")
         self.model = model.eval()
         self.class_names = list(class_names)
         self.data = data  # the checkpoint's data section: image size, normalisation, dataset location
@@ -94,21 +98,36 @@ class Predictor:
         return cls(model, checkpoint.class_names, checkpoint.config.data, torch_device,
                    resolve_precision(precision, torch_device), batch_size, temperature, unknown_below)
 
-    def predict(self, images: ImageInput | Iterable[ImageInput], topk: int = 5) -> list[Prediction]:
-        """Top-k classes of each image; a folder stands for its image files (recursively, sorted)."""
+    def predict(self, images: ImageInput | Iterable[ImageInput], topk: int = 5,
+                on_error: str = "fail") -> list[Prediction]:
+        """Top-k classes of each image, in input order; a folder stands for its image files (recursively,
+        sorted). An image file that cannot be read raises ImageReadError (on_error="fail") or comes
+        back as a Prediction with that error and no classes (on_error="skip")."""
         if topk < 1:
             raise PredictorError(f"topk must be >= 1, got {topk}")
+        if on_error not in ("fail", "skip"):
+            raise PredictorError(f"on_error must be 'fail' or 'skip', got '{on_error}'")
         k = min(topk, len(self.class_names))
         sources = list(expand_inputs(images))
-        predictions: list[Prediction] = []
+        predictions: list[Prediction] = [None] * len(sources)  # type: ignore[list-item]  # all filled below
         for start in range(0, len(sources), self.batch_size):
-            batch = sources[start:start + self.batch_size]
-            probabilities = self.probabilities(torch.stack([self.transform(open_image(item)) for _, item in batch]))
-            top = probabilities.topk(k, dim=1)
-            for (name, _), values, indices in zip(batch, top.values.tolist(), top.indices.tolist(), strict=True):
+            readable: list[tuple[int, torch.Tensor]] = []
+            for position in range(start, min(start + self.batch_size, len(sources))):
+                name, item = sources[position]
+                try:
+                    readable.append((position, self.transform(open_image(item, self.data.max_image_pixels))))
+                except ImageReadError as err:
+                    if on_error == "fail":
+                        raise
+                    predictions[position] = Prediction(name, [], error=str(err))
+            if not readable:
+                continue
+            positions, tensors = zip(*readable, strict=True)
+            top = self.probabilities(torch.stack(tensors)).topk(k, dim=1)
+            for position, values, indices in zip(positions, top.values.tolist(), top.indices.tolist(), strict=True):
                 scores = [ClassScore(i, self.class_names[i], p) for i, p in zip(indices, values, strict=True)]
                 unknown = self.unknown_below is not None and values[0] < self.unknown_below
-                predictions.append(Prediction(name, scores, unknown))
+                predictions[position] = Prediction(sources[position][0], scores, unknown)
         return predictions
 
     @torch.inference_mode()
@@ -142,14 +161,15 @@ def image_files(folder: Path) -> list[Path]:
                   if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file())
 
 
-def open_image(item: ImageInput) -> Image.Image:
+def open_image(item: ImageInput, max_pixels: int = DataConfig.max_image_pixels) -> Image.Image:
     # Files go through read_image: orientation, 16-bit and alpha handled; errors name the file.
-    return item.convert("RGB") if isinstance(item, Image.Image) else read_image(item)
+    return item.convert("RGB") if isinstance(item, Image.Image) else read_image(item, max_pixels=max_pixels)
 
 
 def format_predictions(predictions: list[Prediction], as_json: bool = False) -> str:
-    """JSON (a list of {image, topk: [{class_id, class_name, probability}], unknown}) or an aligned
-    table, where an unknown image gets a first row "- unknown" above its ranked classes."""
+    """JSON (a list of {image, topk: [{class_id, class_name, probability}], unknown, error}) or an
+    aligned table, where an unknown image gets a first row "- unknown" above its ranked classes and an
+    image that could not be read has no row."""
     if as_json:
         return json.dumps([p.to_dict() for p in predictions], indent=1)
     header = ("image", "rank", "class", "probability")

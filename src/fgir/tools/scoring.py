@@ -13,6 +13,7 @@ import torch
 
 from fgir.config import Config, ConfigError, DataConfig, apply_overrides
 from fgir.data import ImageListDataset, build_dataset, build_loader, build_transform
+from fgir.data.preflight import preflight
 from fgir.engine.acceleration import compile_model
 from fgir.engine.checkpoint import Checkpoint, resolve_checkpoint_path, restore_model
 from fgir.engine.device import resolve_device, resolve_precision
@@ -82,6 +83,7 @@ def score_split(
             f"checkpoint {path} predicts {len(checkpoint.class_names)} classes but dataset '{data.name}' "
             f"(root {data.root}) has {dataset.num_classes}"
         )
+    preflight(data, [split], progress=progress)
     loader = build_loader(dataset, batch_size=batch_size or data.eval_batch_size, train=False, seed=0,
                           num_workers=data.num_workers, pin_memory=torch_device.type == "cuda")
     dtype = resolve_precision(precision, torch_device)

@@ -21,6 +21,10 @@ class CountMismatchError(FgirError):
     """The prepared dataset does not have the official number of images or classes."""
 
 
+class EmptySplitError(FgirError):
+    """A split of the prepared dataset would have no images."""
+
+
 @dataclass
 class Layout:
     """A dataset as read from its official layout."""
@@ -92,10 +96,30 @@ def _splits(layout: Layout) -> dict[str, list[Row]]:
     return {"train_val": train_val, "train": train, "val": val, "test": test}
 
 
+def refuse_empty_splits(layout: Layout, splits: dict[str, list[Row]]) -> None:
+    """An empty split file would load as an error at training time, or leave a step untested."""
+    empty = next((split for split, rows in splits.items() if not rows), None)
+    if empty is None:
+        return
+    official = "the dataset's own split lists none"
+    why = {
+        "train_val": official,
+        "train": "every train_val image is in the validation list",
+        "val": official if layout.val is not None else "no class has 2 or more train_val images to hold one out",
+        "test": "no class has 2 or more images to hold one out" if layout.held_out_test else official,
+    }[empty]
+    raise EmptySplitError(
+        f"{layout.name} at {layout.root}: the {empty} split would have no images ({why}); found "
+        f"{len(layout.class_names)} classes, {len(layout.train_val)} train_val and {len(layout.test)} test images "
+        f"under {layout.root / layout.image_dir}. Nothing was written"
+    )
+
+
 def write_prepared(layout: Layout, out_dir: Path, check_counts: bool = True) -> PreparedDataset:
     if check_counts:
         verify_counts(layout)
     splits = _splits(layout)
+    refuse_empty_splits(layout, splits)
     for split, rows in splits.items():
         atomic_write_csv(out_dir / f"{split}.csv", ("class_id", "dir"), [(label, path) for path, label in rows])
     columns = {"class_name": layout.class_names, **layout.class_columns}
