@@ -86,7 +86,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from fgir.app.server import serve
 
     serve(args.checkpoint, host=args.host, port=args.port, share=args.share, device=args.device,
-          unknown_below=args.unknown_below, weights=args.weights)
+          unknown_below=args.unknown_below, weights=args.weights, concurrency=args.concurrency)
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -288,6 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unknown-below", type=float, metavar="P",
                    help="answer 'unknown' when the top class's probability is below P, as in fgir predict")
     _add_weights_argument(p)
+    p.add_argument("--concurrency", type=int, default=1, metavar="N",
+                   help="pictures answered at once, the others wait their turn (default 1: one inference "
+                        "already uses every core)")
     p.set_defaults(func=cmd_serve)
 
     p = verbs.add_parser("bench", help="parameters, FLOPs, throughput, latency and memory of a model")

@@ -1,6 +1,8 @@
-"""Tiny saved checkpoints (GLSim and a plain ViT) whose dataset is not on disk, and a picture."""
+"""Tiny saved checkpoints (GLSim and a plain ViT) whose dataset is not on disk, a picture, and a free
+port on loopback."""
 
 import dataclasses
+import socket
 
 import numpy as np
 import pytest
@@ -56,3 +58,9 @@ def picture(tmp_path):
     path = tmp_path / "picture.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(path)
     return path
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

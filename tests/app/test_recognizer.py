@@ -80,3 +80,14 @@ def test_examples_are_one_test_image_per_class_when_the_dataset_is_on_disk(tiny_
         first_per_class.setdefault(label, str(tmp_path / "synthetic" / relative))
     assert examples == list(first_per_class.values()) and len(examples) == 3  # three classes
     assert example_images(data, count=2) == examples[:2]
+
+
+def test_examples_never_generate_a_synthetic_set_nor_touch_one_with_other_parameters(tiny_config, tmp_path):
+    root = tmp_path / "synthetic"
+    assert example_images(tiny_config().data) == [] and not root.exists()  # missing: not generated
+    root.mkdir()
+    assert example_images(tiny_config().data) == [] and not any(root.iterdir())  # empty: not generated
+    ensure_synthetic(tiny_config().data)
+    before = {path: path.read_bytes() for path in root.rglob("*") if path.is_file()}
+    assert example_images(tiny_config("data.synthetic.seed=1").data) == []  # same folder, another set
+    assert {path: path.read_bytes() for path in root.rglob("*") if path.is_file()} == before

@@ -19,6 +19,7 @@ import torch
 from fgir.app.limits import open_upload
 from fgir.config import DataConfig
 from fgir.data import build_dataset
+from fgir.data.synthetic import is_generated
 from fgir.errors import FgirError
 from fgir.models.backbone import Backbone
 from fgir.models.glsim import GLSim
@@ -95,9 +96,10 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
 
 def example_images(data: DataConfig, count: int = EXAMPLE_COUNT) -> list[str]:
     """Up to `count` test images (val if there is no test split), of different classes, when the
-    dataset is on disk; none otherwise (a checkpoint serves without its dataset)."""
-    root = Path(data.root)
-    if not root.is_dir() or not any(root.iterdir()):  # an empty root would make a synthetic set generate
+    dataset is on disk; none otherwise (a checkpoint serves without its dataset). Never writes: a
+    synthetic set is read only when the one on disk has the checkpoint's parameters, since reading
+    it from a missing or empty folder would generate it there."""
+    if data.format == "synthetic" and not is_generated(data):
         return []
     for split in ("test", "val"):
         try:

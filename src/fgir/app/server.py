@@ -10,15 +10,29 @@ from __future__ import annotations
 import ipaddress
 import os
 import sys
+import tempfile
 from functools import partial
+from pathlib import Path
 
 import gradio as gr
+import numpy as np
+from gradio import processing_utils
+from gradio.utils import get_upload_folder
+from PIL import Image
 
 from fgir.app.limits import ACCEPTED_FORMATS, MAX_UPLOAD_BYTES, UploadError
 from fgir.app.recognizer import TOP_K, Recognizer
+from fgir.errors import FgirError
 
-NO_IMAGE = "Choose, drop or paste a picture first."
 IMAGE_HEIGHT = 280  # pixels: the height of each picture box on the page
+# One inference at a time: the model already uses every core, so concurrent ones only compete
+# (docs/benchmarks.md, "fgir serve under load"). Requests beyond those running wait in a queue of
+# at most MAX_QUEUED; past that Gradio answers "queue is full" at once rather than after a long wait.
+DEFAULT_CONCURRENCY = 1
+MAX_QUEUED = 64
+# Gradio shows pictures with `object-fit: scale-down`, which never enlarges one: a 224 px map would
+# sit small in its box. `contain` fills the box and keeps the aspect ratio.
+PAGE_CSS = "#heat-map img, #crop img { object-fit: contain; }"
 
 
 def build_app(recognizer: Recognizer) -> gr.Blocks:
@@ -35,7 +49,6 @@ def build_app(recognizer: Recognizer) -> gr.Blocks:
             with gr.Column():
                 picture = gr.Image(label="picture", type="filepath", sources=["upload", "clipboard"],
                                    height=IMAGE_HEIGHT, elem_id="picture")
-                submit = gr.Button("Recognise", variant="primary")
             with gr.Column():
                 verdict = gr.Markdown(elem_id="verdict")
                 classes = gr.Label(label=f"top {TOP_K}", num_top_classes=TOP_K, elem_id="classes")
@@ -44,23 +57,44 @@ def build_app(recognizer: Recognizer) -> gr.Blocks:
                 crop = gr.Image(label="the crop GLSim looked at again", interactive=False, height=IMAGE_HEIGHT,
                                 elem_id="crop", visible=recognizer.is_glsim)
         if recognizer.examples:
-            gr.Examples(recognizer.examples, inputs=picture, label="examples from the test split")
-        # preprocess=False: the callback checks the raw upload itself, so a bad file gets our
-        # readable message instead of a decoding error inside Gradio.
-        submit.click(partial(respond, recognizer), inputs=picture, outputs=[verdict, classes, heat_map, crop],
-                     preprocess=False)
+            gr.Examples(recognizer.examples, inputs=picture, label="examples from the test split", elem_id="examples")
+        # The answer comes as soon as a picture arrives (upload, paste or example); clearing it
+        # clears the answer. preprocess=False: the callback checks the raw upload itself, so a bad
+        # file gets our readable message instead of a decoding error inside Gradio.
+        picture.change(partial(page_answer, recognizer), inputs=picture, outputs=[verdict, classes, heat_map, crop],
+                       preprocess=False, api_name="recognise",
+                       api_description="The top classes of one picture and where the model looked.")
     return app
 
 
-def respond(recognizer: Recognizer, upload: dict | None) -> tuple[str, dict[str, float], object, object]:
-    """The click handler: Gradio's file payload in, the four outputs out; refusals become gr.Error,
-    which the page shows as a message."""
+def page_answer(recognizer: Recognizer, upload: dict | None) -> tuple[str, dict[str, float] | None, object, object]:
+    """The handler of a new picture: `respond`, with the maps as files in Gradio's cache."""
+    verdict, top, heat_map, crop = respond(recognizer, upload)
+    return verdict, top, cached_picture(heat_map, "heat_map.webp"), cached_picture(crop, "crop.webp")
+
+
+def cached_picture(pixels: np.ndarray | None, name: str) -> str | None:
+    """`pixels` as the WebP file `name` in Gradio's cache, one file per distinct picture, written
+    under a temporary name and renamed into place. (Gradio's own writer for arrays rewrites the file
+    of an identical earlier answer in place, so a browser still fetching that one could get it
+    truncated: two users sending the same picture, or clicking the same example.)"""
+    if pixels is None:
+        return None
+    with tempfile.TemporaryDirectory() as staging:
+        path = Path(staging) / name
+        Image.fromarray(pixels).save(path, format="WEBP")
+        return processing_utils.save_file_to_cache(path, get_upload_folder())
+
+
+def respond(recognizer: Recognizer, upload: dict | None) -> tuple[str, dict[str, float] | None, object, object]:
+    """Gradio's file payload in, the four outputs out (all empty when the picture was cleared);
+    refusals become gr.Error, which the page shows as a message."""
     if not upload or not upload.get("path"):
-        raise gr.Error(NO_IMAGE)
+        return "", None, None, None
     try:
         answer = recognizer.answer(upload["path"], upload.get("orig_name") or "the picture")
     except UploadError as err:
-        raise gr.Error(str(err)) from err
+        raise gr.Error(str(err), print_exception=False) from err  # a refusal, not a fault: no traceback in the log
     return verdict_text(recognizer, answer.unknown), answer.top, answer.heat_map, answer.crop
 
 
@@ -85,20 +119,24 @@ def host_warning(host: str, share: bool) -> str | None:
     return None
 
 
-def launch(app: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, share: bool = False, block: bool = True) -> str:
+def launch(app: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, share: bool = False, block: bool = True,
+           concurrency: int = DEFAULT_CONCURRENCY) -> str:
     """Start the server and return its local URL; with `block=False` it runs in a background thread
-    until `app.close()`."""
+    until `app.close()`. `concurrency` pictures are answered at once; the others wait their turn."""
     warning = host_warning(host, share)
     if warning:
         print(warning, file=sys.stderr)
-    app.queue(default_concurrency_limit=1)  # one model: requests take turns rather than share the cores
+    app.queue(default_concurrency_limit=concurrency, max_size=MAX_QUEUED)
     app.launch(server_name=host, server_port=port, share=share, max_file_size=MAX_UPLOAD_BYTES,
-               prevent_thread_lock=not block, ssr_mode=False, quiet=not block)
+               prevent_thread_lock=not block, ssr_mode=False, quiet=not block, css=PAGE_CSS)
     return app.local_url
 
 
 def serve(checkpoint: str | os.PathLike, host: str = "127.0.0.1", port: int = 7860, share: bool = False,
-          device: str = "auto", unknown_below: float | None = None, weights: str | os.PathLike | None = None) -> None:
+          device: str = "auto", unknown_below: float | None = None, weights: str | os.PathLike | None = None,
+          concurrency: int = DEFAULT_CONCURRENCY) -> None:
     """`fgir serve`: load the checkpoint and serve it until interrupted."""
+    if concurrency < 1:
+        raise FgirError(f"--concurrency must be at least 1, got {concurrency}")
     recognizer = Recognizer.from_checkpoint(checkpoint, device=device, unknown_below=unknown_below, weights=weights)
-    launch(build_app(recognizer), host, port, share)
+    launch(build_app(recognizer), host, port, share, concurrency=concurrency)

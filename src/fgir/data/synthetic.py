@@ -168,6 +168,11 @@ def manifest(config: SyntheticConfig) -> dict:
     return {"generator_version": GENERATOR_VERSION, "config": dataclasses.asdict(config)}
 
 
+def is_generated(data: DataConfig) -> bool:
+    """Whether `data.root` holds the set that `data.synthetic` describes; reads the manifest only."""
+    return _read_manifest(Path(data.root)) == manifest(data.synthetic)
+
+
 def generate(config: SyntheticConfig, folder: str | os.PathLike) -> None:
     """Write the whole set into `folder` (created), manifest last. Images are written directly, so
     `folder` should be a staging folder; `ensure_synthetic` takes care of that."""
