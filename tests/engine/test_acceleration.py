@@ -4,7 +4,13 @@ import torch
 from torch._dynamo import register_backend
 
 from conftest import tiny_backbone
-from fgir.engine.acceleration import compile_model, set_grad_checkpointing, use_channels_last
+from fgir.engine.acceleration import (
+    GRAPHS_PER_MODEL,
+    MAX_RECOMPILE_LIMIT,
+    compile_model,
+    set_grad_checkpointing,
+    use_channels_last,
+)
 from fgir.models.classifier import ViTClassifier
 
 
@@ -56,6 +62,13 @@ def test_every_compiled_model_gets_its_own_graphs_however_many_architectures_a_p
             with torch.no_grad():
                 model.eval()(images)
             assert graphs["unique_graphs"] == before + 2, f"model of width {width} ran eagerly"
+
+
+def test_the_shared_graph_allowance_grows_per_model_but_stays_bounded():
+    with torch._dynamo.config.patch(recompile_limit=8):
+        for _ in range(MAX_RECOMPILE_LIMIT // GRAPHS_PER_MODEL + 5):
+            compile_model(torch.nn.Linear(2, 2), backend="aot_eager")
+        assert torch._dynamo.config.recompile_limit == MAX_RECOMPILE_LIMIT
 
 
 def tiny_resnet() -> torch.nn.Module:

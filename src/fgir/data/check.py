@@ -29,11 +29,11 @@ from fgir.data.readers import (
     BOX_COLUMNS,
     IMAGE_EXTENSIONS,
     DatasetFileError,
-    _box,
-    _is_integer,
-    _label,
-    _relative_path,
-    _unique_path,
+    claim_unique_path,
+    is_integer,
+    parse_box,
+    parse_label,
+    parse_relative_path,
 )
 from fgir.data.synthetic import ensure_synthetic
 
@@ -214,18 +214,18 @@ def _scan_split_file(
                     report.problems.append(Problem(file, line, f"expected {len(columns)} fields {expected}, got {len(row)}"))
                     continue
                 label_text = row[columns.index("class_id")].strip()
-                if file_format == "labels" and rows == 1 and not _is_integer(label_text):
+                if file_format == "labels" and rows == 1 and not is_integer(label_text):
                     report.problems.append(Problem(file, line, (
                         f"class_id must be an integer, got '{label_text}' (this format has no header; "
                         "use data.format=csv for files with a 'class_id,dir' header)")))
                     continue
-                label = checked(_label, line, label_text, num_classes)
-                relative = checked(_relative_path, line, row[columns.index("dir")].strip())
+                label = checked(parse_label, line, label_text, num_classes)
+                relative = checked(parse_relative_path, line, row[columns.index("dir")].strip())
                 if set(BOX_COLUMNS) <= set(columns):
-                    checked(_box, line, [row[columns.index(name)] for name in BOX_COLUMNS])
+                    checked(parse_box, line, [row[columns.index(name)] for name in BOX_COLUMNS])
                 if relative is None or label is None:
                     continue
-                key = checked(_unique_path, line, relative, first_line)
+                key = checked(claim_unique_path, line, relative, first_line)
                 if key is None:
                     continue
                 entries.append(_Entry(file, line, os.path.abspath(image_root / key)))

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import NamedTuple
 
-from fgir.data.readers import DatasetFileError, _header, _label, _relative_path, _rows
+from fgir.data.readers import DatasetFileError, csv_rows, parse_label, parse_relative_path, read_header
 
 # Kept lowercase inside a name (not as its first word): name particles and short function words.
 LOWERCASE_WORDS = frozenset({"von", "van", "der", "den", "de", "di", "da", "du", "la", "le", "of", "the", "and", "no"})
@@ -128,8 +128,8 @@ class ImageTags(NamedTuple):
 def read_tags_file(tags_path: str | os.PathLike, num_classes: int | None = None) -> list[ImageTags]:
     """A `{train,val,test}_tags.csv` file with the header `id,dir,class_id,tags_cat0,tags_cat3,tags_cat4`."""
     path = Path(tags_path)
-    rows = _rows(path)
-    columns = _header(path, rows, TAGS_COLUMNS)
+    rows = csv_rows(path)
+    columns = read_header(path, rows, TAGS_COLUMNS)
     at = {name: columns.index(name) for name in TAGS_COLUMNS}
     out = []
     for reader, row in rows:
@@ -140,8 +140,8 @@ def read_tags_file(tags_path: str | os.PathLike, num_classes: int | None = None)
         if None in tags:
             name = TAGS_COLUMNS[3 + tags.index(None)]
             raise _not_a_tag_list(row[at[name]], f"{path}:{line}: column {name}")
-        out.append(ImageTags(row[at["id"]].strip(), _relative_path(path, line, row[at["dir"]].strip()),
-                             _label(path, line, row[at["class_id"]].strip(), num_classes), *tags))
+        out.append(ImageTags(row[at["id"]].strip(), parse_relative_path(path, line, row[at["dir"]].strip()),
+                             parse_label(path, line, row[at["class_id"]].strip(), num_classes), *tags))
     return out
 
 

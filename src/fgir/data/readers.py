@@ -35,7 +35,7 @@ class SplitRows(NamedTuple):
     boxes: np.ndarray | None
 
 
-def _rows(path: Path) -> Iterator[tuple[csv.Reader, list[str]]]:
+def csv_rows(path: Path) -> Iterator[tuple[csv.Reader, list[str]]]:
     """Non-blank CSV rows with the reader, whose `line_num` names the line of the current row."""
     try:
         handle = open(path, newline="", encoding="utf-8-sig")  # utf-8-sig: tolerate an Excel BOM
@@ -51,7 +51,8 @@ def _rows(path: Path) -> Iterator[tuple[csv.Reader, list[str]]]:
             raise DatasetFileError(f"{path}:{reader.line_num}: not a readable CSV file: {err}") from None
 
 
-def _label(path: Path, line: int, text: str, num_classes: int | None) -> int:
+def parse_label(path: Path, line: int, text: str, num_classes: int | None) -> int:
+    """The class index in `text` (row `line` of `path`), within [0, num_classes) when that is known."""
     try:
         label = int(text)
     except ValueError:
@@ -62,7 +63,8 @@ def _label(path: Path, line: int, text: str, num_classes: int | None) -> int:
     return label
 
 
-def _relative_path(path: Path, line: int, text: str) -> str:
+def parse_relative_path(path: Path, line: int, text: str) -> str:
+    """The image path in `text`, refused when empty or when it leaves the image root."""
     if not text.strip():
         raise DatasetFileError(f"{path}:{line}: empty image path")
     # A path outside the image root would let a split file read arbitrary files.
@@ -74,7 +76,7 @@ def _relative_path(path: Path, line: int, text: str) -> str:
     return text
 
 
-def _unique_path(path: Path, line: int, relative: str, first_line: dict[str, int]) -> str:
+def claim_unique_path(path: Path, line: int, relative: str, first_line: dict[str, int]) -> str:
     """The normalised `relative`, remembered in `first_line`; a second listing of one image is
     refused, since it would be trained on and scored twice."""
     key = os.path.normpath(relative)
@@ -84,7 +86,7 @@ def _unique_path(path: Path, line: int, relative: str, first_line: dict[str, int
     return key
 
 
-def _header(path: Path, rows: Iterator[tuple[csv.Reader, list[str]]], required: tuple[str, ...]) -> list[str]:
+def read_header(path: Path, rows: Iterator[tuple[csv.Reader, list[str]]], required: tuple[str, ...]) -> list[str]:
     """The column names of the first row, which must include `required`."""
     header = next(rows, None)
     if header is None:
@@ -103,8 +105,8 @@ def read_split_csv(csv_path: str | os.PathLike, num_classes: int | None = None) 
     """A split file with the header `class_id,dir` (more columns allowed; `x0,y0,x1,y1` are read as
     boxes when all four are present). `num_classes`, when given, bounds the labels."""
     path = Path(csv_path)
-    rows = _rows(path)
-    columns = _header(path, rows, ("class_id", "dir"))
+    rows = csv_rows(path)
+    columns = read_header(path, rows, ("class_id", "dir"))
     label_at, dir_at = columns.index("class_id"), columns.index("dir")
     box_at = [columns.index(name) for name in BOX_COLUMNS] if set(BOX_COLUMNS) <= set(columns) else None
     paths, labels, boxes = [], [], []
@@ -115,17 +117,18 @@ def read_split_csv(csv_path: str | os.PathLike, num_classes: int | None = None) 
             raise DatasetFileError(
                 f"{path}:{line}: expected {len(columns)} fields like the header, got {len(row)}"
             )
-        labels.append(_label(path, line, row[label_at].strip(), num_classes))
-        paths.append(_relative_path(path, line, row[dir_at].strip()))
-        _unique_path(path, line, paths[-1], first_line)
+        labels.append(parse_label(path, line, row[label_at].strip(), num_classes))
+        paths.append(parse_relative_path(path, line, row[dir_at].strip()))
+        claim_unique_path(path, line, paths[-1], first_line)
         if box_at is not None:
-            boxes.append(_box(path, line, [row[i] for i in box_at]))
+            boxes.append(parse_box(path, line, [row[i] for i in box_at]))
     if not paths:
         raise DatasetFileError(f"{path}: no rows after the header")
     return SplitRows(paths, labels, np.asarray(boxes, np.float32) if box_at is not None else None)
 
 
-def _box(path: Path, line: int, fields: list[str]) -> list[float]:
+def parse_box(path: Path, line: int, fields: list[str]) -> list[float]:
+    """The box `x0,y0,x1,y1` in `fields`, refused unless x0 < x1 and y0 < y1."""
     try:
         x0, y0, x1, y1 = (float(value) for value in fields)
     except ValueError:
@@ -142,25 +145,25 @@ def read_label_file(label_path: str | os.PathLike, num_classes: int | None = Non
     path = Path(label_path)
     paths, labels = [], []
     first_line: dict[str, int] = {}
-    for reader, row in _rows(path):
+    for reader, row in csv_rows(path):
         line = reader.line_num
         if len(row) != 2:
             raise DatasetFileError(f"{path}:{line}: expected 2 fields class_id,relative_path, got {len(row)}")
         label_text = row[0].strip()
-        if line == 1 and not _is_integer(label_text):
+        if line == 1 and not is_integer(label_text):
             raise DatasetFileError(
                 f"{path}:1: class_id must be an integer, got '{label_text}' (this format has no header; "
                 "use data.format=csv for files with a 'class_id,dir' header)"
             )
-        labels.append(_label(path, line, label_text, num_classes))
-        paths.append(_relative_path(path, line, row[1].strip()))
-        _unique_path(path, line, paths[-1], first_line)
+        labels.append(parse_label(path, line, label_text, num_classes))
+        paths.append(parse_relative_path(path, line, row[1].strip()))
+        claim_unique_path(path, line, paths[-1], first_line)
     if not paths:
         raise DatasetFileError(f"{path}: no rows")
     return SplitRows(paths, labels, None)
 
 
-def _is_integer(text: str) -> bool:
+def is_integer(text: str) -> bool:
     try:
         int(text)
     except ValueError:
@@ -179,12 +182,12 @@ def read_class_names(names_path: str | os.PathLike) -> list[str]:
     names: dict[int, tuple[str, int]] = {}
     first_row = True
     columns: list[str] | None = None
-    for reader, row in _rows(path):
+    for reader, row in csv_rows(path):
         line = reader.line_num
         if len(row) < 2:
             raise DatasetFileError(f"{path}:{line}: expected class_id,class_name, got '{','.join(row)}'")
         id_text = row[0].strip()
-        if first_row and not _is_integer(id_text):
+        if first_row and not is_integer(id_text):
             first_row = False
             header = [field.strip() for field in row]
             if len(header) > 2 and "class_name" in header:
@@ -197,7 +200,7 @@ def read_class_names(names_path: str | os.PathLike) -> list[str]:
             raise DatasetFileError(f"{path}:{line}: expected {len(columns)} fields like the header, got {len(row)}")
         else:
             name = row[columns.index("class_name")].strip()
-        class_id = _label(path, line, id_text, None)
+        class_id = parse_label(path, line, id_text, None)
         if class_id in names:
             raise DatasetFileError(
                 f"{path}:{line}: class_id {class_id} already given on line {names[class_id][1]}"

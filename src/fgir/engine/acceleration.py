@@ -19,6 +19,9 @@ log = logging.getLogger(__name__)
 # through the same wrapper frame, so all models of one process would share one allowance: after a few
 # models of different architectures (a notebook, a test run) the rest would run eagerly.
 GRAPHS_PER_MODEL = 8
+# ...but never more than this in all: a process that compiles models without end (a long notebook)
+# would otherwise let one code object hold an unbounded number of graphs and guards.
+MAX_RECOMPILE_LIMIT = 256
 
 
 def compile_model(model: nn.Module, backend: str = "inductor", *, frozen_weights: bool = False) -> nn.Module:
@@ -32,7 +35,8 @@ def compile_model(model: nn.Module, backend: str = "inductor", *, frozen_weights
     graphs keep the weights of the moment they were compiled, so never use it on a model that
     trains afterwards.
     """
-    torch._dynamo.config.recompile_limit += GRAPHS_PER_MODEL  # this model's own allowance
+    limit = torch._dynamo.config.recompile_limit
+    torch._dynamo.config.recompile_limit = max(limit, min(limit + GRAPHS_PER_MODEL, MAX_RECOMPILE_LIMIT))
     if frozen_weights:
         compiled = _with_inductor_freezing(torch.compile(model._call_impl, backend=backend, dynamic=False))
     else:

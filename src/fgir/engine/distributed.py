@@ -79,11 +79,6 @@ def sum_across_ranks(values: list[float], ddp: Distributed) -> list[float]:
     return tensor.cpu().tolist()
 
 
-def all_ranks_agree(flag: bool, ddp: Distributed) -> bool:
-    """True when `flag` is true on every rank (e.g. 'this step is good')."""
-    return sum_across_ranks([float(not flag)], ddp)[0] == 0
-
-
 def gather_objects(value: object, ddp: Distributed) -> list[object]:
     """[value of rank 0, value of rank 1, ...] on every rank."""
     if not ddp.enabled:
@@ -121,4 +116,6 @@ def wrap_model(model: nn.Module, device: torch.device, ddp: Distributed) -> nn.M
 
 
 def unwrap(model: nn.Module) -> nn.Module:
+    """The network inside a DistributedDataParallel wrapper (its SyncBatchNorm conversion may have
+    replaced modules of the one passed to wrap_model); `model` itself when not wrapped."""
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model

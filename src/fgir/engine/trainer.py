@@ -57,6 +57,7 @@ from fgir.engine.distributed import (
     init_distributed,
     process_device,
     sum_across_ranks,
+    unwrap,
     wrap_model,
 )
 from fgir.engine.evaluator import predict_split
@@ -378,7 +379,7 @@ def _train(config: Config, progress: bool, stop_after_epochs: int | None, device
     if config.train.compile:
         compile_model(net)  # in place: state_dict keys, and so checkpoints, stay as they are
     model = wrap_model(net, device, ddp)
-    net = model.module if model is not net else net  # SyncBatchNorm conversion may have replaced modules
+    net = unwrap(model)
     optimizer = build_optimizer(net, config.train)
     scheduler = build_scheduler(optimizer, steps_per_epoch * config.train.epochs, config.train)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
