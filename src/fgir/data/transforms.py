@@ -1,4 +1,4 @@
-"""Augmentation presets of the GLSim recipe (spec/glsim.md, "Training recipe").
+"""Augmentation presets of the GLSim recipe (GLSim, arXiv:2407.12891, experimental setup).
 
 Train: square resize to round(resize_ratio * image_size) (aspect not kept, as in the reference),
 random crop, horizontal flip, optional colour jitter (Animesion); `medium` adds TrivialAugmentWide

@@ -21,7 +21,7 @@ def frequency_groups(train_counts: torch.Tensor, head_above: int = 100, tail_bel
     """Group index (0 head, 1 medium, 2 tail) of each class by its training-image count.
 
     Boundaries: head has MORE than `head_above` images, tail FEWER than `tail_below`, medium the
-    rest, both ends included (defaults: head > 100, medium 20..100, tail < 20, as in the spec and
+    rest, both ends included (defaults: head > 100, medium 20..100, tail < 20, as in DAF:re, arXiv:2101.08674, and
     OLTR's many/medium/few-shot split). A class without training images is tail.
     """
     if not 1 <= tail_below <= head_above + 1:

@@ -1,5 +1,5 @@
 """Layer-to-layer similarity of a ViT by centered kernel alignment (Kornblith et al., 2019), the
-analysis of the ILA paper (spec/ila.md): with a frozen ViT on ultra-fine-grained data the attention
+analysis of the ILA paper (arXiv:2409.11051): with a frozen ViT on ultra-fine-grained data the attention
 of the later layers collapses (CKA ~0.95-1.0 between them); ILA makes them diverse again.
 
 For n images, layer l gives a representation X_l (n, p_l) and a Gram matrix K_l (n, n): X_l X_l^T

@@ -1,4 +1,4 @@
-"""Learning-rate sweep as the ILA paper runs it (spec/ila.md): train one run per lr on the train split,
+"""Learning-rate sweep as the ILA paper runs it (arXiv:2409.11051): train one run per lr on the train split,
 pick the lr with the best validation top-1, train again on train_val with it and score the test
 split once. Every run is an ordinary trainer run under one sweep folder:
 

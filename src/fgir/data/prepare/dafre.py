@@ -1,4 +1,4 @@
-"""DAF:re (spec/anime.md): `labels/{train,val,test}.csv`, headerless `class_id,relative_path` rows
+"""DAF:re (Rios et al., arXiv:2101.08674): `labels/{train,val,test}.csv`, headerless `class_id,relative_path` rows
 (`0,0933/194933.jpg`: 4-digit bucket folders), `labels/classid_classname.csv` (headerless
 `class_id,danbooru_tag`), and one image folder per variant: `faces/` (head crops, dataset name
 `dafre_faces`) or `fullMin256/` (full images, `dafb` as in the GLSim paper). Both variants share the

@@ -1,4 +1,4 @@
-"""moeImouto (nagadomi's animeface-character-dataset, spec/anime.md): `data/<NNN_name>/face_*.png`,
+"""moeImouto (nagadomi's animeface-character-dataset; Animesion, arXiv:2101.08674): `data/<NNN_name>/face_*.png`,
 one folder per character, no official split.
 
 Test: a deterministic 20% of each class, the proportion of the Animesion reference's per-class 80/20

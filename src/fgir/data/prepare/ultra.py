@@ -1,4 +1,4 @@
-"""The Ultra-FGVC benchmark (Yu et al., ICCV 2021; spec/ila.md): ten datasets in two layouts.
+"""The Ultra-FGVC benchmark (Yu et al., ICCV 2021; used by ILA, arXiv:2409.11051): ten datasets in two layouts.
 
 - Named images (Cotton80, SoyLocal, SoyGlobal): `<root>/images/<class>_<n>_<split>.<ext>` (or the
   images directly in `<root>`), split `train` or `test`; the class is the file name's first part.
