@@ -3,6 +3,7 @@
     import fgir
     model = fgir.load("runs/my-run")          # a run directory or a checkpoint file
     model.predict("bird.jpg", topk=5)
+    fgir.load_onnx("cub.onnx").predict("bird.jpg")  # a file from `fgir export onnx`, on onnxruntime
 """
 
 from __future__ import annotations
@@ -16,3 +17,10 @@ def load(path: str, device: str = "auto", weights: str | None = None):
     from fgir.tools.predictor import Predictor
 
     return Predictor.from_checkpoint(path, device=device, weights=weights)
+
+
+def load_onnx(path: str, batch_size: int = 32):
+    """The same predictor on onnxruntime, from an ONNX file written by `fgir export onnx`."""
+    from fgir.tools.onnx_predictor import onnx_predictor
+
+    return onnx_predictor(path, batch_size=batch_size)

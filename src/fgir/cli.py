@@ -64,9 +64,14 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
 def cmd_predict(args: argparse.Namespace) -> int:
     from fgir.tools.predictor import Predictor, format_predictions
 
-    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, batch_size=args.batch_size,
-                                          unknown_below=args.unknown_below, compile=args.compile,
-                                          weights=args.weights)
+    if args.onnx:
+        from fgir.tools.onnx_predictor import onnx_predictor
+
+        predictor = onnx_predictor(args.checkpoint, batch_size=args.batch_size, unknown_below=args.unknown_below)
+    else:
+        predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, batch_size=args.batch_size,
+                                              unknown_below=args.unknown_below, compile=args.compile,
+                                              weights=args.weights)
     predictions = predictor.predict(args.images, topk=args.topk, on_error="skip")
     print(format_predictions(predictions, as_json=args.json))
     unreadable = [p.error for p in predictions if p.error is not None]
@@ -86,7 +91,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from fgir.app.server import serve
 
     serve(args.checkpoint, host=args.host, port=args.port, share=args.share, device=args.device,
-          unknown_below=args.unknown_below, weights=args.weights, concurrency=args.concurrency)
+          unknown_below=args.unknown_below, weights=args.weights, concurrency=args.concurrency, onnx=args.onnx)
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -179,6 +184,19 @@ def cmd_convert_glsim(args: argparse.Namespace) -> None:
     print(f"predict with: fgir predict {out} <image or folder>")
 
 
+def cmd_export_onnx(args: argparse.Namespace) -> None:
+    from fgir.tools.onnx_export import export_onnx
+
+    print(export_onnx(args.checkpoint, args.out, weights=args.weights).format())
+    print(f"predict with: fgir predict --onnx {args.out} <image or folder>")
+
+
+def _add_onnx_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--onnx", action="store_true",
+                   help="CHECKPOINT is an .onnx file from fgir export onnx: run it on onnxruntime (CPU; needs "
+                        "the export extra); --device, --compile and --weights do not apply")
+
+
 def _add_weights_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", metavar="PATH",
                    help="the pretrained backbone weights (file or folder) of an adapter-only checkpoint (ILA, "
@@ -263,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="answer 'unknown' when the top class's probability (after the checkpoint's fitted "
                         "temperature, see fgir calibrate) is below P, e.g. 0.5; the top-k list is kept")
     _add_weights_argument(p)
+    _add_onnx_argument(p)
     p.set_defaults(func=cmd_predict, trailing="images")
 
     p = verbs.add_parser("explain", help="GLSim figures: similarity heat map, box, crop, attention maps")
@@ -291,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=1, metavar="N",
                    help="pictures answered at once, the others wait their turn (default 1: one inference "
                         "already uses every core)")
+    _add_onnx_argument(p)
     p.set_defaults(func=cmd_serve)
 
     p = verbs.add_parser("bench", help="parameters, FLOPs, throughput, latency and memory of a model")
@@ -381,6 +401,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="output .safetensors")
     _add_weights_argument(p)
     p.set_defaults(func=cmd_convert_merge_lora)
+
+    p = verbs.add_parser("export", help="export a checkpoint for serving without PyTorch")
+    export_verbs = p.add_subparsers(dest="export_verb", required=True)
+    p = export_verbs.add_parser("onnx", help="a checkpoint -> an ONNX file with a dynamic batch size, checked "
+                                             "against PyTorch on onnxruntime before it is kept")
+    p.add_argument("checkpoint", help="a checkpoint file or a run directory")
+    p.add_argument("out", help="output .onnx")
+    _add_weights_argument(p)
+    p.set_defaults(func=cmd_export_onnx)
 
     p = verbs.add_parser("config", help="the resolved configuration and the schema's keys")
     config_verbs = p.add_subparsers(dest="config_verb", required=True)

@@ -53,7 +53,11 @@ class Recognizer:
         """Class names (and a calibrated temperature) come from the checkpoint; examples only if
         its dataset is on disk. Below `unknown_below`, the answer is "unknown". `weights`: the backbone
         weights of an adapter-only checkpoint (see `restore_model`)."""
-        predictor = Predictor.from_checkpoint(path, device=device, unknown_below=unknown_below, weights=weights)
+        return cls.from_predictor(Predictor.from_checkpoint(path, device=device, unknown_below=unknown_below,
+                                                            weights=weights))
+
+    @classmethod
+    def from_predictor(cls, predictor: Predictor) -> Recognizer:
         return cls(predictor, predictor.data, example_images(predictor.data))
 
     @property

@@ -134,9 +134,16 @@ def launch(app: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, share: boo
 
 def serve(checkpoint: str | os.PathLike, host: str = "127.0.0.1", port: int = 7860, share: bool = False,
           device: str = "auto", unknown_below: float | None = None, weights: str | os.PathLike | None = None,
-          concurrency: int = DEFAULT_CONCURRENCY) -> None:
-    """`fgir serve`: load the checkpoint and serve it until interrupted."""
+          concurrency: int = DEFAULT_CONCURRENCY, onnx: bool = False) -> None:
+    """`fgir serve`: load the checkpoint (or, with `onnx`, an ONNX file from `fgir export onnx`, which
+    shows no maps) and serve it until interrupted."""
     if concurrency < 1:
         raise FgirError(f"--concurrency must be at least 1, got {concurrency}")
-    recognizer = Recognizer.from_checkpoint(checkpoint, device=device, unknown_below=unknown_below, weights=weights)
+    if onnx:
+        from fgir.tools.onnx_predictor import onnx_predictor
+
+        recognizer = Recognizer.from_predictor(onnx_predictor(checkpoint, unknown_below=unknown_below))
+    else:
+        recognizer = Recognizer.from_checkpoint(checkpoint, device=device, unknown_below=unknown_below,
+                                                weights=weights)
     launch(build_app(recognizer), host, port, share, concurrency=concurrency)
