@@ -50,6 +50,16 @@ class SyntheticConfig:
 
 
 @dataclass
+class HFDataConfig:
+    """data.format=hf: which columns of the Hugging Face dataset hold the image and the label."""
+
+    image_column: str = "image"
+    label_column: str = "label"  # a ClassLabel feature gives the class names
+    # Where the images are exported once for reading (None: ~/.cache/fgir/hf-datasets).
+    export_dir: str | None = None
+
+
+@dataclass
 class LongTailConfig:
     """Class groups of the long-tail report, by training images per class: head > head_above,
     medium head_above..tail_below inclusive, tail < tail_below (the Animesion/OLTR split)."""
@@ -62,7 +72,8 @@ class LongTailConfig:
 class DataConfig:
     name: str = "synthetic"
     # csv: `class_id,dir` with header; labels: headerless `class_id,path` (DAF:re);
-    # folder: one sub-folder per class; synthetic: generated into `root`, then read as csv.
+    # folder: one sub-folder per class; synthetic: generated into `root`, then read as csv;
+    # hf: a Hugging Face dataset (root: a save_to_disk folder or hf-hub:ORG/NAME; splits by name).
     format: str = "synthetic"
     root: str = "data/synthetic"
     image_dir: str = "."
@@ -108,6 +119,7 @@ class DataConfig:
     preflight: str = "auto"
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     long_tail: LongTailConfig = field(default_factory=LongTailConfig)
+    hf: HFDataConfig = field(default_factory=HFDataConfig)
 
 
 @dataclass
@@ -224,7 +236,7 @@ class Config:
 
 
 CHOICES = {
-    "data.format": ("csv", "labels", "folder", "synthetic"),
+    "data.format": ("csv", "labels", "folder", "synthetic", "hf"),
     "data.augment": ("weak", "medium", "strong"),
     "data.test_resize": ("crop", "direct"),
     "data.transform_backend": ("tensor", "pil"),
@@ -469,7 +481,8 @@ def from_dict(tree: dict, origin: str = "checkpoint") -> Config:
 
 
 # Keys that name files or folders. data.image_dir, the split names and data.class_names are relative
-# to data.root, so they follow it.
+# to data.root, so they follow it. A Hugging Face Hub name (hf-hub:ORG/NAME) is not a path.
+HUB_PREFIX = "hf-hub:"
 PATH_KEYS = ("data.root", "model.weights", "train.output_dir", "train.resume", "train.init_from")
 
 
@@ -485,7 +498,7 @@ def with_absolute_paths(config: Config) -> Config:
     for key in PATH_KEYS:
         section, name = key.split(".")
         value = getattr(getattr(config, section), name)
-        if value is not None:
+        if value is not None and not value.startswith(HUB_PREFIX):
             setattr(getattr(config, section), name, absolute_path(value))
     return config
 
@@ -498,6 +511,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "DataConfig",
+    "HFDataConfig",
     "GLSimConfig",
     "IFAConfig",
     "LongTailConfig",

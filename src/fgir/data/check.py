@@ -23,7 +23,7 @@ from typing import Literal
 from tqdm import tqdm
 
 from fgir.config import ConfigError, DataConfig
-from fgir.data.datasets import SPLITS, dataset_info
+from fgir.data.datasets import SPLITS, dataset_info, readable_form
 from fgir.data.images import ImageReadError, read_image
 from fgir.data.readers import (
     BOX_COLUMNS,
@@ -35,7 +35,6 @@ from fgir.data.readers import (
     parse_label,
     parse_relative_path,
 )
-from fgir.data.synthetic import ensure_synthetic
 
 
 @dataclass(frozen=True)
@@ -111,8 +110,7 @@ def check_dataset(
     otherwise only its existence is checked. Raises ConfigError only for a config that names no
     checkable dataset (an unknown split or format).
     """
-    if data.format == "synthetic":
-        data = ensure_synthetic(data)
+    data = readable_form(data)
     if data.format not in ("csv", "labels", "folder"):
         raise ConfigError(f"data.format must be one of csv, labels, folder, synthetic; got '{data.format}'")
     report = CheckReport()

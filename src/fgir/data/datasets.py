@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import Dataset, default_collate
 
 from fgir.config import ConfigError, DataConfig
+from fgir.data.hf_datasets import ensure_hf
 from fgir.data.images import ImageReadError, read_image
 from fgir.data.readers import (
     SplitRows,
@@ -129,6 +130,16 @@ def _seeded_call(function: Callable[[Any], Any], argument: Any, seed: int) -> An
             random.setstate(python_state)
 
 
+def readable_form(data: DataConfig) -> DataConfig:
+    """The config that reads `data` from files: a synthetic set is generated and a Hugging Face
+    dataset exported first (each only once), then both are read as CSV datasets."""
+    if data.format == "synthetic":
+        return ensure_synthetic(data)
+    if data.format == "hf":
+        return ensure_hf(data)
+    return data
+
+
 def dataset_info(data: DataConfig) -> tuple[int, list[str]]:
     """(num_classes, class_names) from the configuration alone, without reading any split file.
 
@@ -136,8 +147,7 @@ def dataset_info(data: DataConfig) -> tuple[int, list[str]]:
     folders of the train split, then `data.num_classes` (names "0".."C-1"). When two are given they
     must agree. The class count never comes from the labels of one split: a split may miss classes.
     """
-    if data.format == "synthetic":
-        data = ensure_synthetic(data)
+    data = readable_form(data)
     root = Path(data.root)
     if data.class_names is not None:
         names_file = root / data.class_names
@@ -166,8 +176,7 @@ def build_dataset(data: DataConfig, split: str, transform: Callable[[Any], Any] 
     """The `split` ('train', 'val' or 'test') of the dataset described by `data`."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got '{split}'")
-    if data.format == "synthetic":
-        data = ensure_synthetic(data)
+    data = readable_form(data)
     split_name = getattr(data, split)
     if split_name is None:
         raise ConfigError(f"data.{split} is not set: dataset '{data.name}' has no {split} split configured")
