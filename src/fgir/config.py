@@ -200,6 +200,10 @@ class TrainConfig:
     warmup_steps: int = 500
     warmup_lr: float = 1e-6
     min_lr: float = 1e-5
+    # standard: warm-up, then a cosine over the steps after it, step i at its own value. reference: the
+    # GLSim / ILA reference trainers' arithmetic (timm's cosine counted from step 0, warm-up included;
+    # step i runs at the value of step i - 1), what the papers' numbers were trained with.
+    schedule: str = "standard"
     label_smoothing: float = 0.0
     # Per-class loss weights for long-tailed training sets: none | inverse_sqrt | effective_number.
     class_weights: str = "none"
@@ -243,6 +247,7 @@ CHOICES = {
     "data.on_error": ("fail", "skip"),
     "data.preflight": ("auto", "on", "off"),
     "train.optimizer": ("sgd", "adamw"),
+    "train.schedule": ("standard", "reference"),
     "train.class_weights": ("none", "inverse_sqrt", "effective_number"),
     "train.precision": ("auto", "fp32", "bf16", "fp16"),
     "model.glsim.similarity": ("cosine", "l1", "l2"),

@@ -25,12 +25,33 @@ def build_optimizer(model: nn.Module, train: TrainConfig) -> torch.optim.Optimiz
 
 
 def lr_at(step: int, total_steps: int, train: TrainConfig) -> float:
-    """Linear warm-up from warmup_lr to lr over warmup_steps, then cosine decay to min_lr."""
+    """The learning rate optimizer step `step` (0-based) runs at, under `train.schedule`."""
+    if train.schedule == "reference":
+        return reference_lr(max(step - 1, 0), total_steps, train)
+    return standard_lr(step, total_steps, train)
+
+
+def standard_lr(step: int, total_steps: int, train: TrainConfig) -> float:
+    """Linear warm-up from warmup_lr to lr over warmup_steps, then cosine decay to min_lr over the
+    steps after the warm-up."""
     if step < train.warmup_steps:
         return train.warmup_lr + (train.lr - train.warmup_lr) * step / train.warmup_steps
     decay_steps = max(1, total_steps - train.warmup_steps)
     progress = min(1.0, (step - train.warmup_steps) / decay_steps)
     return train.min_lr + 0.5 * (train.lr - train.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def reference_lr(t: int, total_steps: int, train: TrainConfig) -> float:
+    """The GLSim and ILA reference trainers' schedule (arXiv:2407.12891, 2409.11051): timm's
+    CosineLRScheduler(t_initial=total_steps, warmup_t=warmup_steps, warmup_prefix=False) at update `t`,
+    whose cosine counts from step 0, warm-up included, so its peak lies slightly below lr. Their loop
+    updates the schedule with the number of the step just taken, so step i runs at t = i - 1 (see
+    `lr_at`)."""
+    if t < train.warmup_steps:
+        return train.warmup_lr + t * ((train.lr - train.warmup_lr) / train.warmup_steps)
+    if t >= total_steps:
+        return train.min_lr
+    return train.min_lr + 0.5 * (train.lr - train.min_lr) * (1 + math.cos(math.pi * t / total_steps))
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, train: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
