@@ -97,6 +97,9 @@ class DataConfig:
     # tensor: resize, crop, flip and colour steps run on uint8 tensors (torch's vectorised kernels,
     # several times faster than Pillow's); pil: on PIL images, the reference implementations' arithmetic.
     transform_backend: str = "tensor"
+    # Resampling of the square resize, in train and test: bilinear, or bicubic as every reference
+    # transform (with transform_backend=pil, pixel for pixel torchvision's PIL pipeline).
+    interpolation: str = "bilinear"
     mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
     std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
     random_erasing: float = 0.3  # medium and strong presets only
@@ -244,6 +247,7 @@ CHOICES = {
     "data.augment": ("weak", "medium", "strong"),
     "data.test_resize": ("crop", "direct"),
     "data.transform_backend": ("tensor", "pil"),
+    "data.interpolation": ("bilinear", "bicubic"),
     "data.on_error": ("fail", "skip"),
     "data.preflight": ("auto", "on", "off"),
     "train.optimizer": ("sgd", "adamw"),

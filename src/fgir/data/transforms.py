@@ -55,9 +55,13 @@ def test_resize_size(data: DataConfig) -> int:
     return resize_size(data) if data.test_resize == "crop" else data.image_size
 
 
-def square_resize(side: int) -> v2.Resize:
-    """Bilinear, antialiased resize to side x side (the aspect ratio is not kept, as in the reference)."""
-    return v2.Resize((side, side), interpolation=InterpolationMode.BILINEAR, antialias=True)
+INTERPOLATIONS = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC}
+
+
+def square_resize(side: int, interpolation: str = "bilinear") -> v2.Resize:
+    """Antialiased resize to side x side (the aspect ratio is not kept, as in the reference);
+    `bicubic` is what the GLSim / ILA / Animesion reference transforms use."""
+    return v2.Resize((side, side), interpolation=INTERPOLATIONS[interpolation], antialias=True)
 
 
 def build_transform(data: DataConfig, train: bool) -> v2.Compose:
@@ -75,8 +79,8 @@ def build_transform(data: DataConfig, train: bool) -> v2.Compose:
     else:
         first, last = [], [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(data.mean, data.std)]
     if not train:
-        return v2.Compose([*first, square_resize(test_resize_size(data)), v2.CenterCrop(data.image_size), *last])
-    steps = [*first, square_resize(resize_size(data)), v2.RandomCrop(data.image_size), v2.RandomHorizontalFlip()]
+        return v2.Compose([*first, square_resize(test_resize_size(data), data.interpolation), v2.CenterCrop(data.image_size), *last])
+    steps = [*first, square_resize(resize_size(data), data.interpolation), v2.RandomCrop(data.image_size), v2.RandomHorizontalFlip()]
     if data.color_jitter > 0:
         jitter = data.color_jitter
         color_jitter = v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter, hue=jitter)

@@ -1,0 +1,42 @@
+"""data.interpolation=bicubic: the test pixels of the references' transform (torchvision's PIL
+pipeline: bicubic square resize, centre crop or direct resize, ToTensor, Normalize)."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision import transforms as reference
+
+from fgir.config import DataConfig
+from fgir.data.transforms import build_transform, resize_size
+
+
+def photo(width=317, height=211) -> Image.Image:
+    """Smooth gradients plus noise: bicubic and bilinear resampling give visibly different pixels."""
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:height, 0:width]
+    base = np.stack([x * 255 / width, y * 255 / height, (x + y) % 256], axis=-1)
+    return Image.fromarray(np.clip(base + rng.normal(0, 25, base.shape), 0, 255).astype(np.uint8))
+
+
+def reference_test_transform(data: DataConfig):
+    side = resize_size(data) if data.test_resize == "crop" else data.image_size
+    return reference.Compose([reference.Resize((side, side), interpolation=reference.InterpolationMode.BICUBIC),
+                              reference.CenterCrop(data.image_size), reference.ToTensor(),
+                              reference.Normalize(data.mean, data.std)])
+
+
+@pytest.mark.parametrize("test_resize", ["crop", "direct"])
+def test_bicubic_test_pixels_equal_torchvisions_pil_pipeline(test_resize):
+    data = DataConfig(image_size=224, interpolation="bicubic", transform_backend="pil", test_resize=test_resize)
+    ours, theirs = build_transform(data, train=False)(photo()), reference_test_transform(data)(photo())
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
+
+
+def test_the_tensor_backend_is_within_a_grey_level_of_it_and_bilinear_is_not():
+    data = DataConfig(image_size=224, interpolation="bicubic")
+    theirs = reference_test_transform(data)(photo())
+    one_grey_level = 1.0 / 255 / min(data.std) + 1e-6
+    assert (build_transform(data, train=False)(photo()) - theirs).abs().max() <= one_grey_level
+    bilinear = build_transform(DataConfig(image_size=224, transform_backend="pil"), train=False)(photo())
+    assert (bilinear - theirs).abs().max() > 5 * one_grey_level
