@@ -214,6 +214,10 @@ class TrainConfig:
     grad_accum_steps: int = 1
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     eval_every: int = 1  # epochs between validation passes
+    # Which weights score the test split: val, the best on the validation split (model selection for
+    # one's own data); last, the last epoch's, as the papers report (their recipes train on train_val
+    # with no validation split, and the test split is scored once).
+    select: str = "val"
     seed: int = 1
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     resume: str | None = None  # a run directory to continue
@@ -252,6 +256,7 @@ CHOICES = {
     "data.preflight": ("auto", "on", "off"),
     "train.optimizer": ("sgd", "adamw"),
     "train.schedule": ("standard", "reference"),
+    "train.select": ("val", "last"),
     "train.class_weights": ("none", "inverse_sqrt", "effective_number"),
     "train.precision": ("auto", "fp32", "bf16", "fp16"),
     "model.glsim.similarity": ("cosine", "l1", "l2"),

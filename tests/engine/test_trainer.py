@@ -31,6 +31,14 @@ def test_without_a_validation_split_the_last_weights_are_tested(tiny_config):
     assert result.test_metrics["num_samples"] == 9
 
 
+def test_select_last_scores_test_with_the_last_epoch_even_with_a_validation_split(tiny_config):
+    result = train(tiny_config("train.select=last", "train.run_name=r"), progress=False)
+    run = result.run_dir
+    assert result.checkpoint.name == "last.safetensors" and not (run / "checkpoints" / "best.safetensors").exists()
+    assert json.loads((run / "test_metrics.json").read_text())["epoch"] == 2
+    assert all("val_top1" in row for row in json.loads((run / "metrics.json").read_text()))  # still monitored
+
+
 def test_resumed_run_ends_bit_identical_to_an_uninterrupted_one(tiny_config):
     common = ("train.epochs=3", "train.label_smoothing=0.1", "model.drop_path=0.1", "data.augment=medium")
     full = train(tiny_config(*common, "train.run_name=full"), progress=False)

@@ -410,7 +410,7 @@ def _train(config: Config, progress: bool, stop_after_epochs: int | None, device
                     row.update({f"val_{k}": v for k, v in val.items() if k not in ("num_samples", "skipped_images")})
                     if val["skipped_images"]:
                         row["val_skipped_images"] = len(val["skipped_images"])
-                    if val["top1"] > ctx.best_top1:
+                    if val["top1"] > ctx.best_top1 and config.train.select == "val":
                         ctx.best_top1 = val["top1"]
                         if ddp.is_main:
                             save_checkpoint(ctx.ckpt_dir / "best.safetensors", net, config, class_names,
@@ -704,11 +704,11 @@ def _epoch_line(row: dict[str, Any], epochs: int) -> str:
 
 
 def finish(ctx: TrainContext) -> RunResult:
-    """Score the test split once, with the best-validation weights (or the last ones when the
-    dataset has no validation split)."""
+    """Score the test split once: with the best-validation weights (train.select=val, when there is a
+    validation split) or with the last epoch's (train.select=last, as the papers report)."""
     config, run_dir = ctx.config, ctx.run_dir
     best, last = ctx.ckpt_dir / "best.safetensors", ctx.ckpt_dir / "last.safetensors"
-    chosen = best if best.is_file() else last
+    chosen = best if config.train.select == "val" and best.is_file() else last
     checkpoint = load_checkpoint(chosen)
     load_model_state(ctx.net, checkpoint.model_state, str(chosen), checkpoint.backbone)
     val_metrics = checkpoint.metrics.get("val")
