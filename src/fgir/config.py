@@ -197,6 +197,9 @@ class TrainConfig:
     epochs: int = 50
     optimizer: str = "sgd"  # sgd (Nesterov) | adamw
     lr: float = 0.01
+    # The global batch train.lr was tuned for: another data.batch_size then scales the lr linearly
+    # (lr x batch / lr_base_batch). None (the paper recipes): the lr is used as given.
+    lr_base_batch: int | None = None
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 0.0
@@ -464,6 +467,8 @@ def validate(config: Config) -> None:
     for key in POSITIVE:
         if not _value(config, key) > 0:
             raise ConfigError(f"config key '{key}' must be > 0, got {_value(config, key)}")
+    if config.train.lr_base_batch is not None and config.train.lr_base_batch < 1:
+        raise ConfigError(f"config key 'train.lr_base_batch' must be >= 1 or null, got {config.train.lr_base_batch}")
     for key in NON_NEGATIVE:
         if _value(config, key) < 0:
             raise ConfigError(f"config key '{key}' must be >= 0, got {_value(config, key)}")

@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
 from torch import nn
 
-from fgir.config import TrainConfig
+from fgir.config import Config, TrainConfig
+
+
+def with_batch_scaled_lr(config: Config) -> tuple[Config, str | None]:
+    """The linear scaling rule, when `train.lr_base_batch` is set: train.lr was tuned for that global
+    batch, so data.batch_size B gets lr x B / lr_base_batch (warmup_lr and min_lr unchanged). The
+    result says lr_base_batch=B, so applying it again (a saved run config) changes nothing. Returns
+    the config and a line saying what changed, or None."""
+    train, batch = config.train, config.data.batch_size
+    if train.lr_base_batch is None or train.lr_base_batch == batch:
+        return config, None
+    lr = train.lr * batch / train.lr_base_batch
+    note = (f"train.lr {train.lr:g} tuned for batch {train.lr_base_batch} (train.lr_base_batch) -> {lr:g} for "
+            f"data.batch_size={batch}")
+    return dataclasses.replace(config, train=dataclasses.replace(train, lr=lr, lr_base_batch=batch)), note
 
 
 def build_optimizer(model: nn.Module, train: TrainConfig) -> torch.optim.Optimizer:

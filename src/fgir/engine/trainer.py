@@ -64,7 +64,7 @@ from fgir.engine.evaluator import predict_split
 from fgir.engine.longtail import class_frequencies
 from fgir.engine.losses import class_weights, classification_loss
 from fgir.engine.metrics import classification_metrics
-from fgir.engine.optim import build_optimizer, build_scheduler, lr_at
+from fgir.engine.optim import build_optimizer, build_scheduler, lr_at, with_batch_scaled_lr
 from fgir.engine.resume_config import check_resume_changes, checkpoint_config, value
 from fgir.engine.rng import rng_state, seed_everything, set_rng_state
 from fgir.engine.run_header import run_header
@@ -337,6 +337,9 @@ def train(config: Config, progress: bool = True, stop_after_epochs: int | None =
 
 def _train(config: Config, progress: bool, stop_after_epochs: int | None, device: torch.device,
            ddp: Distributed) -> RunResult:
+    config, lr_note = with_batch_scaled_lr(config)
+    if lr_note and ddp.is_main:
+        print(lr_note)
     seed_everything(config.train.seed + ddp.rank)  # rank 0 draws as a single process would
     dtype = resolve_precision(config.train.precision, device)
     run_dir = _shared_run_dir(config, ddp)  # named, not created: nothing is written before the run starts
