@@ -170,6 +170,18 @@ def cmd_analyze_tradeoff(args: argparse.Namespace) -> None:
     print(path)
 
 
+def cmd_results(args: argparse.Namespace) -> None:
+    from fgir.fileio import atomic_write_text
+    from fgir.tools.results import format_paper_tables, format_results, result_rows
+
+    if not args.runs and not args.paper:
+        raise FgirError("give run directories to compare, or --paper for the published tables")
+    text = format_paper_tables() if args.paper else format_results(result_rows(args.runs), markdown=args.markdown)
+    if args.out:
+        atomic_write_text(args.out, text + "\n")
+    print(text)
+
+
 def cmd_convert_merge_lora(args: argparse.Namespace) -> None:
     from fgir.tools.merge_lora import save_merged_lora
 
@@ -386,6 +398,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", help="run directories with test_metrics.json")
     p.add_argument("--out", default="tradeoff.png", help="the plot (a CSV is written beside it)")
     p.set_defaults(func=cmd_analyze_tradeoff)
+
+    p = verbs.add_parser("results", help="finished runs beside the papers' numbers: mean +- std over seeds, the "
+                                         "published top-1 and the difference")
+    p.add_argument("runs", nargs="*", help="run directories with test_metrics.json")
+    p.add_argument("--markdown", action="store_true", help="a markdown table instead of aligned text")
+    p.add_argument("--paper", action="store_true", help="only the published numbers fgir compares against (markdown)")
+    p.add_argument("--out", help="also write the table to this file")
+    p.set_defaults(func=cmd_results)
 
     p = verbs.add_parser("convert", help="convert foreign checkpoints to fgir checkpoints")
     convert_verbs = p.add_subparsers(dest="convert_verb", required=True)
