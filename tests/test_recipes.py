@@ -136,6 +136,13 @@ def test_several_sources_later_ones_win_and_a_file_may_include_a_name(tmp_path):
     assert load_config([str(mine), "cub/vit"]).data.name == "cub"  # cub/vit's files set it last
 
 
+def test_a_part_alone_is_named_by_its_folder_to_go_with_a_dataset_file_of_one_s_own(tmp_path):
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("data:\n  name: mine\n  num_classes: 5\n")
+    config = load_config([str(mine), "methods/glsim", "variants/448"])
+    assert (config.data.name, config.model.method, config.data.image_size) == ("mine", "glsim", 448)
+
+
 def test_recipes_are_found_from_any_working_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert load_config("cub/glsim_448").data.image_size == 448

@@ -14,7 +14,9 @@ A name stands for these files of this package, later ones winning (as in a list 
 
 So `cub/glsim_448` is cub's dataset file, GLSim's method file and the 448 px variant, and
 `dafb/animesion_vit_b16_ifa_224` adds the IFA head and the Animesion 224 px sizes to the Animesion
-ViT-B/16 recipe on DAFB. The files are package data, found from any working directory.
+ViT-B/16 recipe on DAFB. A part alone is named by its folder (`methods/glsim`, `variants/448`), to
+compose with a dataset file of one's own. The files are package data, found from any working
+directory.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from fgir.config import ConfigError
 
 ROOT = Path(str(resources.files(__name__)))
 SUFFIX = ".yaml"
+PART_FOLDERS = ("datasets", "methods", "variants", "augment")
 
 
 def _stems(folder: str) -> list[str]:
@@ -59,6 +62,8 @@ def recipe_files(name: str) -> list[Path]:
     """The files recipe `name` composes, lowest precedence first; a ConfigError naming the part that
     does not exist, with the nearest names, otherwise."""
     dataset, slash, rest = name.partition("/")
+    if dataset in PART_FOLDERS and (ROOT / dataset / f"{rest}{SUFFIX}").is_file():
+        return [ROOT / dataset / f"{rest}{SUFFIX}"]
     if not slash or not dataset or not rest:
         raise ConfigError(f"'{name}' is neither a config file nor a recipe name (<dataset>/<method>, "
                           "e.g. cub/glsim; `fgir recipes` lists them)")
