@@ -9,9 +9,11 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import yaml
 
 from fgir.cli import main
 from fgir.config import Config, ConfigError, load_config, to_dict
+from fgir.config_inspect import schema_help
 from fgir.data.transforms import resize_size
 from fgir.recipes import (
     ROOT,
@@ -32,7 +34,8 @@ def leaves(tree: dict, prefix: str = "") -> dict:
     return {prefix.rstrip("."): tree}
 
 
-DEFAULTS = leaves(to_dict(Config()))
+# Every key's schema default, read from the schema itself: what a config leaves out is its default.
+DEFAULTS = {entry.key: yaml.safe_load(entry.default) for entry in schema_help() if entry.type != "section"}
 
 
 def non_default(config: Config) -> dict:
@@ -116,6 +119,7 @@ def test_animesion_recipes_follow_the_paper(name):
     ("cub/glsm", "no method 'glsm'; did you mean 'glsim'"),
     ("cub/glsim_449", "no variant '449' of method glsim; did you mean '448'"),
     ("glsim", "is neither a config file nor a recipe name"),
+    ("methods/glsm", r"no file 'glsm' in methods/; did you mean 'glsim'"),
 ])
 def test_an_unknown_name_is_an_error_naming_the_part_and_the_nearest_names(name, message):
     with pytest.raises(ConfigError, match=message):

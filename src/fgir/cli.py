@@ -117,7 +117,8 @@ def cmd_data_prepare(args: argparse.Namespace) -> None:
     prepared = prepare_dataset(args.name, args.root, args.out, check_counts=not args.allow_count_mismatch)
     counts = ", ".join(f"{split} {n}" for split, n in prepared.counts.items())
     print(f"prepared {args.name} into {prepared.out_dir}: {counts}")
-    print(f"dataset config: {prepared.config_path} (include it from a recipe, or train with it directly)")
+    print(f"dataset config: {prepared.config_path} (give it after a recipe to train on this copy: "
+          f"fgir train {args.name}/vit {prepared.config_path})")
 
 
 def cmd_data_check(args: argparse.Namespace) -> int:
@@ -133,20 +134,23 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 def cmd_data_cache(args: argparse.Namespace) -> int:
     from fgir.data.cache import cache_dataset
 
-    result = cache_dataset(load_config(*_split_sources_and_overrides(args.items)).data, args.out, short_side=args.short_side,
-                           workers=args.workers, progress=not args.no_progress)
+    config = load_config(*_split_sources_and_overrides(args.items))
+    result = cache_dataset(config.data, args.out, short_side=args.short_side, workers=args.workers,
+                           progress=not args.no_progress)
     print(f"cached into {result.out_dir}: {result.written} written, {result.up_to_date} already up to date, "
           f"{len(result.failed)} unreadable")
     for message in result.failed:
         print(f"  {message}", file=sys.stderr)
-    print(f"dataset config: {result.config_path} (include it from a recipe instead of the original dataset)")
+    print(f"dataset config: {result.config_path} (give it after a recipe to read the cached images: "
+          f"fgir train <recipe> {result.config_path})")
     return 1 if result.failed else 0
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
     from fgir.tools.sweep import DEFAULT_LRS, sweep_lr
 
-    result = sweep_lr(load_config(*_split_sources_and_overrides(args.items)), args.lrs or DEFAULT_LRS, sweep_name=args.name,
+    config = load_config(*_split_sources_and_overrides(args.items))
+    result = sweep_lr(config, args.lrs or DEFAULT_LRS, sweep_name=args.name,
                       train_val_split=args.train_val_split, progress=not args.no_progress)
     print(f"best lr {result.best_lr:g}: test top-1 {result.test_metrics['top1']:.2f}%")
     print(f"summary: {result.sweep_dir / 'sweep.json'}")

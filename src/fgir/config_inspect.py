@@ -2,9 +2,9 @@
 key of the schema means (`fgir config keys`).
 
 Origins are found by replaying the layers `load_config` merges (schema defaults, then each config
-source's included files and the file itself, command-line overrides, lowest precedence first) and recording the last layer
-that sets each leaf; the values themselves come from `load_config`, so both commands describe
-exactly what a run would use. Help text is read from the source of the schema's dataclasses: the
+source's included files and the file itself, command-line overrides, lowest precedence first) and
+recording the last layer that sets each leaf; the values themselves come from `load_config`, so
+both commands describe exactly what a run would use. Help text is read from the source of the schema's dataclasses: the
 comment lines above a field and the comment at the end of its line, and a nested section's class
 docstring, so a dataclass documents its keys where they are defined.
 """

@@ -59,10 +59,13 @@ def deviation_names() -> list[str]:
 
 
 def recipe_files(name: str) -> list[Path]:
-    """The files recipe `name` composes, lowest precedence first; a ConfigError naming the part that
-    does not exist, with the nearest names, otherwise."""
+    """The files recipe `name` composes, lowest precedence first (or the one part it names by its
+    folder, `methods/glsim`); a ConfigError naming the part that does not exist, with the nearest
+    names, otherwise."""
     dataset, slash, rest = name.partition("/")
-    if dataset in PART_FOLDERS and (ROOT / dataset / f"{rest}{SUFFIX}").is_file():
+    if dataset in PART_FOLDERS:
+        if rest not in _stems(dataset):
+            raise _unknown(name, f"file '{rest}' in {dataset}/", rest, _stems(dataset))
         return [ROOT / dataset / f"{rest}{SUFFIX}"]
     if not slash or not dataset or not rest:
         raise ConfigError(f"'{name}' is neither a config file nor a recipe name (<dataset>/<method>, "
