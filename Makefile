@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 # The demo always starts afresh: its run folder is its own and is replaced on every `make demo`.
 demo: $(STAMP)
 	rm -rf runs/synthetic-demo
-	$(BIN)/fgir train configs/synthetic/vit.yaml
+	$(BIN)/fgir train synthetic/vit
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -1,5 +1,5 @@
 """GLSim against the plain ViT on the built-in synthetic set, over several seeds, with the same
-budget (configs/synthetic/{vit,glsim}.yaml): test top-1 per seed, mean and spread, and how often
+budget (recipes synthetic/{vit,glsim}): test top-1 per seed, mean and spread, and how often
 GLSim's box contains the planted badge against a same-size box placed at random.
 
     .venv/bin/python benchmarks/glsim_vs_vit.py --seeds 1 2 3 --out runs/glsim-vs-vit
@@ -21,7 +21,7 @@ from fgir.engine.trainer import train
 from fgir.fileio import atomic_write_text
 from fgir.tools.localization import box_hit_rate
 
-RECIPES = {"vit": "configs/synthetic/vit.yaml", "glsim": "configs/synthetic/glsim.yaml"}
+RECIPES = {"vit": "synthetic/vit", "glsim": "synthetic/glsim"}
 
 
 def run(method: str, seed: int, out: Path) -> dict:

@@ -10,27 +10,32 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 
 import fgir
-from fgir.config import load_config
+from fgir.config import ConfigError, load_config
 from fgir.errors import FgirError
 
 USAGE_OVERRIDES = "config overrides as dotted key=value pairs, e.g. train.lr=0.01 data.image_size=448"
+USAGE_SOURCES = ("recipe names (e.g. cub/glsim_448; fgir recipes lists them) or YAML files, later ones winning, "
+                 f"then {USAGE_OVERRIDES}")
 COMPILE_HELP = ("torch.compile the model with its weights frozen into the graph (inductor; falls back to "
                 "eager with a warning); the first batch of each size compiles")
 
 
-def _split_config_and_overrides(items: list[str]) -> tuple[str | None, list[str]]:
-    """The first item is a YAML file unless it looks like an override (key=value)."""
-    if items and "=" not in items[0]:
-        return items[0], items[1:]
-    return None, items
+def _split_sources_and_overrides(items: list[str]) -> tuple[list[str], list[str]]:
+    """Config sources (recipe names, YAML files) first, then the key=value overrides."""
+    count = next((i for i, item in enumerate(items) if "=" in item and not os.path.isfile(item)), len(items))
+    sources, overrides = items[:count], items[count:]
+    misplaced = [item for item in overrides if "=" not in item]
+    if misplaced:
+        raise ConfigError(f"'{misplaced[0]}' comes after the key=value overrides: give recipes and files first")
+    return sources, overrides
 
 
 def cmd_train(args: argparse.Namespace) -> None:
     from fgir.engine.trainer import train
 
-    path, overrides = _split_config_and_overrides(args.items)
-    config = load_config(path, overrides)
-    if path is None and config.train.resume:
+    sources, overrides = _split_sources_and_overrides(args.items)
+    config = load_config(sources, overrides)
+    if not sources and config.train.resume:
         from fgir.engine.resume_config import load_run_config
 
         config = load_run_config(config.train.resume, overrides)  # the run's own config, overrides on top
@@ -97,7 +102,10 @@ def cmd_serve(args: argparse.Namespace) -> None:
 def cmd_bench(args: argparse.Namespace) -> None:
     from fgir.tools.bench import benchmark_target
 
-    result = benchmark_target(args.target, args.overrides, device=args.device, batch_size=args.batch_size,
+    sources, overrides = _split_sources_and_overrides([args.target, *args.overrides])
+    if not sources:
+        raise ConfigError(f"'{args.target}' is an override; give a checkpoint or a recipe first")
+    result = benchmark_target(sources, overrides, device=args.device, batch_size=args.batch_size,
                               precision=args.precision, warmup=args.warmup, iters=args.iters,
                               compile=args.compile, weights=args.weights)
     text = json.dumps(result, indent=1)
@@ -114,14 +122,14 @@ def cmd_data_prepare(args: argparse.Namespace) -> None:
     prepared = prepare_dataset(args.name, args.root, args.out, check_counts=not args.allow_count_mismatch)
     counts = ", ".join(f"{split} {n}" for split, n in prepared.counts.items())
     print(f"prepared {args.name} into {prepared.out_dir}: {counts}")
-    print(f"dataset config: {prepared.config_path} (include it from a recipe, or train with it directly)")
+    print(f"dataset config: {prepared.config_path} (give it after a recipe to train on this copy: "
+          f"fgir train {args.name}/vit {prepared.config_path})")
 
 
 def cmd_data_check(args: argparse.Namespace) -> int:
     from fgir.data.check import check_dataset
 
-    path, overrides = _split_config_and_overrides(args.items)
-    config = load_config(path, overrides)
+    config = load_config(*_split_sources_and_overrides(args.items))
     report = check_dataset(config.data, splits=args.splits or ("train", "val", "test"),
                            open_images=args.images == "decode", progress=not args.no_progress)
     print(json.dumps(report.to_dict(), indent=1) if args.json else report.format())
@@ -131,22 +139,23 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 def cmd_data_cache(args: argparse.Namespace) -> int:
     from fgir.data.cache import cache_dataset
 
-    path, overrides = _split_config_and_overrides(args.items)
-    result = cache_dataset(load_config(path, overrides).data, args.out, short_side=args.short_side,
-                           workers=args.workers, progress=not args.no_progress)
+    config = load_config(*_split_sources_and_overrides(args.items))
+    result = cache_dataset(config.data, args.out, short_side=args.short_side, workers=args.workers,
+                           progress=not args.no_progress)
     print(f"cached into {result.out_dir}: {result.written} written, {result.up_to_date} already up to date, "
           f"{len(result.failed)} unreadable")
     for message in result.failed:
         print(f"  {message}", file=sys.stderr)
-    print(f"dataset config: {result.config_path} (include it from a recipe instead of the original dataset)")
+    print(f"dataset config: {result.config_path} (give it after a recipe to read the cached images: "
+          f"fgir train <recipe> {result.config_path})")
     return 1 if result.failed else 0
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
     from fgir.tools.sweep import DEFAULT_LRS, sweep_lr
 
-    path, overrides = _split_config_and_overrides(args.items)
-    result = sweep_lr(load_config(path, overrides), args.lrs or DEFAULT_LRS, sweep_name=args.name,
+    config = load_config(*_split_sources_and_overrides(args.items))
+    result = sweep_lr(config, args.lrs or DEFAULT_LRS, sweep_name=args.name,
                       train_val_split=args.train_val_split, progress=not args.no_progress)
     print(f"best lr {result.best_lr:g}: test top-1 {result.test_metrics['top1']:.2f}%")
     print(f"summary: {result.sweep_dir / 'sweep.json'}")
@@ -209,6 +218,11 @@ def _add_onnx_argument(p: argparse.ArgumentParser) -> None:
                         "the export extra); --device, --compile and --weights do not apply")
 
 
+def _add_sources_argument(p: argparse.ArgumentParser, extra_help: str = "") -> None:
+    """Recipe names and YAML files, then key=value overrides, into `items` (see main)."""
+    p.add_argument("items", nargs="*", metavar="CONFIG ... [KEY=VALUE ...]", help=USAGE_SOURCES + extra_help)
+
+
 def _add_weights_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", metavar="PATH",
                    help="the pretrained backbone weights (file or folder) of an adapter-only checkpoint (ILA, "
@@ -219,8 +233,13 @@ def _add_weights_argument(p: argparse.ArgumentParser) -> None:
 def cmd_config_show(args: argparse.Namespace) -> None:
     from fgir.config_inspect import config_with_origins, format_with_origins
 
-    path, overrides = _split_config_and_overrides(args.items)
-    print(format_with_origins(*config_with_origins(path, overrides)))
+    print(format_with_origins(*config_with_origins(*_split_sources_and_overrides(args.items))))
+
+
+def cmd_recipes(args: argparse.Namespace) -> None:
+    from fgir.recipes import describe
+
+    print(describe())
 
 
 def cmd_config_keys(args: argparse.Namespace) -> None:
@@ -264,11 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fgir {_version()}")
     verbs = parser.add_subparsers(dest="verb", required=True)
 
-    p = verbs.add_parser("train", help="train a model from a YAML recipe, or continue a run: "
-                                       "fgir train train.resume=<run dir> [KEY=VALUE ...]")
-    p.add_argument("items", nargs="*", metavar="CONFIG [KEY=VALUE ...]",
-                   help=f"a YAML recipe, then {USAGE_OVERRIDES}; with train.resume=<run dir> and no "
-                        "recipe, the run's own config.yaml is the recipe")
+    p = verbs.add_parser("train", help="train a model from a recipe (e.g. fgir train cub/glsim), or continue a "
+                                       "run: fgir train train.resume=<run dir> [KEY=VALUE ...]")
+    _add_sources_argument(p, "; with train.resume=<run dir> and no recipe, the run's own config.yaml is the recipe")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs stay)")
     p.add_argument("--stop-after-epochs", type=positive_int, metavar="N",
                    help="end this call after N epochs (e.g. a job's time limit); continue later with train.resume=<run dir>")
@@ -326,8 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_serve)
 
     p = verbs.add_parser("bench", help="parameters, FLOPs, throughput, latency and memory of a model")
-    p.add_argument("target", help="a YAML recipe or a checkpoint")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=USAGE_OVERRIDES)
+    p.add_argument("target", help="a checkpoint, or a recipe name (e.g. cub/glsim) or YAML file")
+    p.add_argument("overrides", nargs="*", metavar="[CONFIG ...] KEY=VALUE",
+                   help=f"more recipe names or YAML files after a recipe, later ones winning, then {USAGE_OVERRIDES}")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=positive_int, default=8)
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
@@ -351,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_data_prepare)
     p = data_verbs.add_parser("check", help="list every problem of a dataset: bad rows, missing or unreadable "
                                             "images, images shared between splits (exit status 1 if any)")
-    p.add_argument("items", nargs="*", metavar="CONFIG [KEY=VALUE ...]", help=f"a YAML recipe, then {USAGE_OVERRIDES}")
+    _add_sources_argument(p)
     p.add_argument("--split", dest="splits", action="append", choices=("train", "val", "test"),
                    help="check only this split (repeatable; default: every configured split)")
     p.add_argument("--images", choices=("decode", "exists"), default="decode",
@@ -361,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_data_check, trailing="items")
     p = data_verbs.add_parser("cache", help="a pre-resized copy of a dataset's images (short side = the resize "
                                             "size), for datasets whose photos are far larger than training needs")
-    p.add_argument("items", nargs="*", metavar="CONFIG [KEY=VALUE ...]", help=f"a YAML recipe, then {USAGE_OVERRIDES}")
+    _add_sources_argument(p)
     p.add_argument("--out", required=True, help="the cache folder (a dataset.yaml to include is written there)")
     p.add_argument("--short-side", type=positive_int, help="short side of the cached images (default: the recipe's resize size)")
     p.add_argument("--workers", type=positive_int, help="decoding processes (default: one per core)")
@@ -370,18 +388,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("sweep", help="learning-rate sweep: one run per lr on train, best val lr retrained on "
                                        "train_val and scored on test")
-    p.add_argument("items", nargs="*", metavar="CONFIG [KEY=VALUE ...]", help=f"a YAML recipe, then {USAGE_OVERRIDES}")
+    _add_sources_argument(p)
     p.add_argument("--lrs", type=float, nargs="+", help="learning rates (default: 0.3 0.1 0.03 0.01 0.003)")
     p.add_argument("--name", help="sweep folder under train.output_dir (default: dataset-method-sweep-time)")
     p.add_argument("--train-val-split", default="train_val.csv", help="the split the chosen lr is retrained on")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_sweep, trailing="items")
 
+    p = verbs.add_parser("recipes", help="the recipe names fgir ships: <dataset>/<method>[_<variant>...]")
+    p.set_defaults(func=cmd_recipes)
+
     p = verbs.add_parser("analyze", help="analysis tools")
     analyze_verbs = p.add_subparsers(dest="analyze_verb", required=True)
     p = analyze_verbs.add_parser("cka", help="layer-to-layer CKA heat map of one or more models (e.g. a frozen ViT "
                                              "vs ILA)")
-    p.add_argument("sources", nargs="+", help="checkpoints, run directories or YAML recipes (drawn side by side)")
+    p.add_argument("sources", nargs="+", help="checkpoints, run directories, recipe names or YAML recipes (drawn "
+                                              "side by side)")
     p.add_argument("--images", nargs="+", required=True, help="image files or folders")
     p.add_argument("--features", choices=("attention", "cls", "mean"), default="attention",
                    help="what is compared per layer (default: attention maps)")
@@ -390,7 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--device", default="auto")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="an override for the YAML recipes among the sources (repeatable)")
+                   help="an override for the recipes among the sources (repeatable)")
     _add_weights_argument(p)
     p.set_defaults(func=cmd_analyze_cka)
     p = analyze_verbs.add_parser("tradeoff", help="test top-1 vs GFLOPs of finished runs, bubble area = trainable "
@@ -435,7 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     config_verbs = p.add_subparsers(dest="config_verb", required=True)
     p = config_verbs.add_parser("show", help="the config a recipe and overrides resolve to, with the origin of "
                                              "each value (default, file, command line)")
-    p.add_argument("items", nargs="*", metavar="CONFIG [KEY=VALUE ...]", help=f"a YAML recipe, then {USAGE_OVERRIDES}")
+    _add_sources_argument(p)
     p.set_defaults(func=cmd_config_show, trailing="items")
     p = config_verbs.add_parser("keys", help="every config key with its type, default and meaning")
     p.add_argument("prefix", nargs="?", metavar="KEY", help="only this key or section, e.g. model.peft")

@@ -1,8 +1,9 @@
 """Typed run configuration: dataclass schema, YAML composition and command-line overrides.
 
-Precedence, lowest to highest: schema defaults < included YAML files < the including YAML file <
-command-line dotlist (`train.lr=0.01`). A YAML file may list other files under `include:` (paths
-relative to itself); later entries override earlier ones and the including file overrides them all.
+Precedence, lowest to highest: schema defaults < the config sources in the order given (YAML files
+or recipe names such as `cub/glsim_448`, see fgir.recipes) < command-line dotlist (`train.lr=0.01`).
+A YAML file may list other files or recipe names under `include:` (paths relative to itself); later
+entries override earlier ones and the including file overrides them all.
 
 Paths: data and weight paths (PATH_KEYS: data.root, model.weights, train.output_dir, train.resume,
 train.init_from), in a YAML file or on the command line, are relative to the working directory the
@@ -366,9 +367,34 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[str, dict]
         includes = [includes]
     layers: list[tuple[str, dict]] = []
     for inc in includes:
-        layers += _read_yaml(path.parent / inc, (*seen, path))
+        layers += _read_source(inc, path.parent, (*seen, path))
     layers.append((str(path), tree))
     return layers
+
+
+YAML_SUFFIXES = (".yaml", ".yml")
+ConfigSources = str | os.PathLike | list[str | os.PathLike] | tuple[str | os.PathLike, ...] | None
+
+
+def _read_source(source: str | os.PathLike, folder: Path, seen: tuple[Path, ...] = ()) -> list[tuple[str, dict]]:
+    """A YAML file (relative to `folder`) if one is there or the source names one by its suffix;
+    otherwise a recipe name, read as the files it stands for."""
+    path = folder / source
+    if path.exists() or path.suffix in YAML_SUFFIXES:
+        return _read_yaml(path, seen)
+    from fgir.recipes import recipe_files  # the recipes package imports this module
+
+    return [layer for file in recipe_files(str(source)) for layer in _read_yaml(file, seen)]
+
+
+def _read_sources(sources: ConfigSources) -> list[tuple[str, dict]]:
+    """The layers of config sources (one, or several in precedence order), paths relative to the
+    working directory."""
+    if sources is None:
+        return []
+    if isinstance(sources, str | os.PathLike):
+        sources = [sources]
+    return [layer for source in sources for layer in _read_source(source, Path())]
 
 
 def _dotlist_to_tree(overrides: list[str]) -> list[tuple[str, dict]]:
@@ -426,10 +452,10 @@ def _compose(base: DictConfig, layers: list[tuple[str, dict]]) -> Config:
     return config
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Config:
-    """Build a validated Config from an optional YAML file and `key=value` overrides."""
-    layers = _read_yaml(Path(path)) if path is not None else []
-    return _compose(OmegaConf.structured(Config), layers + _dotlist_to_tree(list(overrides or [])))
+def load_config(sources: ConfigSources = None, overrides: list[str] | None = None) -> Config:
+    """Build a validated Config from config sources (a YAML file or recipe name, or a list of them,
+    later ones winning) and `key=value` overrides on top."""
+    return _compose(OmegaConf.structured(Config), _read_sources(sources) + _dotlist_to_tree(list(overrides or [])))
 
 
 def apply_overrides(config: Config, overrides: list[str]) -> Config:

@@ -1,10 +1,10 @@
 """What a configuration holds and where each value came from (`fgir config show`), and what every
 key of the schema means (`fgir config keys`).
 
-Origins are found by replaying the layers `load_config` merges (schema defaults, included files,
-the including file, command-line overrides, lowest precedence first) and recording the last layer
-that sets each leaf; the values themselves come from `load_config`, so both commands describe
-exactly what a run would use. Help text is read from the source of the schema's dataclasses: the
+Origins are found by replaying the layers `load_config` merges (schema defaults, then each config
+source's included files and the file itself, command-line overrides, lowest precedence first) and
+recording the last layer that sets each leaf; the values themselves come from `load_config`, so
+both commands describe exactly what a run would use. Help text is read from the source of the schema's dataclasses: the
 comment lines above a field and the comment at the end of its line, and a nested section's class
 docstring, so a dataclass documents its keys where they are defined.
 """
@@ -19,7 +19,6 @@ import os
 import textwrap
 import tokenize
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -27,26 +26,28 @@ import yaml
 from fgir.config import (
     CHOICES,
     Config,
+    ConfigSources,
     _dotlist_to_tree,
     _nested_dataclass,
-    _read_yaml,
+    _read_sources,
     _unknown_key_error,
     load_config,
     to_dict,
 )
+from fgir.recipes import ROOT as RECIPES
 
 DEFAULT_ORIGIN = "default"
 COMMENT_COLUMN_MAX = 56  # comments of `config show` line up at most this far right
 
 
-def config_with_origins(path: str | os.PathLike | None = None,
+def config_with_origins(sources: ConfigSources = None,
                         overrides: list[str] | None = None) -> tuple[Config, dict[str, str]]:
-    """The Config `load_config(path, overrides)` builds and, for every dotted leaf key that a layer
-    sets, that layer: the YAML file's path or "command line". Keys missing from the mapping keep
-    their schema default."""
+    """The Config `load_config(sources, overrides)` builds and, for every dotted leaf key that a
+    layer sets, that layer: the YAML file's path or "command line". Keys missing from the mapping
+    keep their schema default."""
     overrides = list(overrides or [])
-    config = load_config(path, overrides)  # validates: the layers below are known to merge
-    layers = _read_yaml(Path(path)) if path is not None else []
+    config = load_config(sources, overrides)  # validates: the layers below are known to merge
+    layers = _read_sources(sources)
     origins: dict[str, str] = {}
     for origin, tree in layers:
         origins.update(dict.fromkeys(_leaf_keys(tree), origin))
@@ -89,8 +90,12 @@ def flow_yaml(value: Any) -> str:
 
 
 def _display(origin: str) -> str:
+    """Files under the working directory relative to it; the package's recipe files as
+    `fgir/recipes/<part>`, wherever fgir is installed."""
     if origin in (DEFAULT_ORIGIN, "command line"):
         return origin
+    if os.path.commonpath([origin, RECIPES]) == str(RECIPES):
+        return f"fgir/recipes/{os.path.relpath(origin, RECIPES)}"
     relative = os.path.relpath(origin)
     return origin if relative.startswith("..") else relative
 

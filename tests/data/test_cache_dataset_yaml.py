@@ -9,7 +9,7 @@ from PIL import Image
 from fgir.config import load_config, to_dict
 from fgir.data.cache import LOCATION_KEYS, cache_dataset
 
-RECIPE = Path(__file__).parents[2] / "configs" / "moeimouto" / "animesion_vit_b16.yaml"  # 128 px, mean 0.5, batch 16
+RECIPE = "moeimouto/animesion_vit_b16"  # 128 px, mean 0.5, batch 16
 
 
 def write_dataset(root: Path) -> Path:
@@ -40,7 +40,7 @@ def test_a_recipe_that_includes_the_cache_after_its_own_files_keeps_its_values(t
                            progress=False)
     # ... included after an Animesion recipe, in place of its dataset.
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump({"include": [str(RECIPE), str(result.config_path)]}))
+    recipe.write_text(yaml.safe_dump({"include": [RECIPE, str(result.config_path)]}))
     composed, original = to_dict(load_config(recipe)), to_dict(load_config(RECIPE))
     cached = yaml.safe_load(result.config_path.read_text())["data"]
     for section in ("model", "train"):

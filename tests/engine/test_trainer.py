@@ -89,7 +89,7 @@ def test_one_optimizer_step_lowers_the_loss(tiny_config):
 
 @pytest.mark.slow
 def test_a_short_run_learns_the_synthetic_set_far_above_chance(tiny_config):
-    # The demo recipe (configs/synthetic/vit.yaml) scaled down: 4 classes, 48 px, a narrower ViT.
+    # The demo recipe (synthetic/vit) scaled down: 4 classes, 48 px, a narrower ViT.
     config = tiny_config(
         "data.synthetic.num_classes=4", "data.synthetic.train_per_class=150", "data.synthetic.val_per_class=10",
         "data.synthetic.test_per_class=25", "data.synthetic.image_size=48", "data.image_size=48",

@@ -17,6 +17,7 @@ from fgir.tools.cka import (
     cka_matrix,
     gram_linear,
     gram_rbf,
+    is_recipe,
     layer_representations,
     load_for_analysis,
     model_cka,
@@ -198,3 +199,8 @@ def test_a_recipe_builds_the_untrained_model_and_overrides_need_a_recipe(tmp_pat
     assert model_cka(model, images(4), "cls").shape == (3, 3)
     with pytest.raises(ValueError, match="overrides apply to a YAML recipe, not to a checkpoint"):
         load_for_analysis(tmp_path / "run", torch.device("cpu"), ["train.lr=0.1"])
+
+
+def test_a_recipe_name_is_a_recipe_and_a_run_directory_is_not(tmp_path):
+    assert is_recipe("cotton/linear") and is_recipe(tmp_path / "mine.yaml")
+    assert not is_recipe(tmp_path) and not is_recipe("runs/cotton-ila-pp")

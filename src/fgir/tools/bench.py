@@ -137,19 +137,22 @@ def glsim_selection_cost(model: GLSim, images: torch.Tensor, device: torch.devic
     }
 
 
-def benchmark_target(target: str | os.PathLike, overrides: list[str] | None = None,
+def benchmark_target(target: str | os.PathLike | list[str | os.PathLike], overrides: list[str] | None = None,
                      weights: str | os.PathLike | None = None, **kwargs: Any) -> dict[str, Any]:
     """What `fgir bench` measures: a checkpoint (file or run directory; `weights`: the backbone
-    weights of an adapter-only one), or the model of a YAML recipe with `key=value` overrides (random
-    weights; no dataset or download needed)."""
-    path = Path(target)
-    if path.is_dir() or path.suffix == ".safetensors":
+    weights of an adapter-only one), or the model of a recipe (a name or YAML file, or a list of
+    them, later ones winning) with `key=value` overrides (random weights; no dataset or download
+    needed)."""
+    sources = [target] if isinstance(target, str | os.PathLike) else list(target)
+    path = Path(sources[0])
+    if len(sources) == 1 and (path.is_dir() or path.suffix == ".safetensors"):
         if overrides:
             raise ConfigError(f"overrides apply to a recipe, not to the checkpoint {path}: {' '.join(overrides)}")
         return benchmark_checkpoint(path, weights=weights, **kwargs)
+    recipe = " ".join(str(source) for source in sources)
     if weights is not None:
-        raise ConfigError(f"--weights applies to a checkpoint; the recipe {path} is benchmarked with random weights")
-    return {**benchmark(load_config(path, overrides), **kwargs), "recipe": str(path)}
+        raise ConfigError(f"--weights applies to a checkpoint; the recipe {recipe} is benchmarked with random weights")
+    return {**benchmark(load_config(sources, overrides), **kwargs), "recipe": recipe}
 
 
 def declared_num_classes(data: DataConfig) -> int | None:

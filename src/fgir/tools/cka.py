@@ -24,13 +24,14 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from fgir.config import DataConfig, load_config
+from fgir.config import YAML_SUFFIXES, DataConfig, load_config
 from fgir.data import build_transform
 from fgir.engine.checkpoint import restore_model
 from fgir.engine.device import resolve_device
 from fgir.fileio import atomic_write_csv
 from fgir.models.backbone import Backbone
 from fgir.models.factory import build_model
+from fgir.recipes import is_recipe_name
 from fgir.tools.attention import recorded_attention
 from fgir.tools.plots import save_figure
 from fgir.tools.predictor import expand_inputs, open_image
@@ -161,14 +162,15 @@ def plot_cka(matrices: dict[str, torch.Tensor], path: str | os.PathLike, title: 
 
 
 def is_recipe(source: str | os.PathLike) -> bool:
-    return Path(source).suffix in (".yaml", ".yml")
+    """A YAML file or a recipe name (`cub/ila`), not a checkpoint or run directory."""
+    return Path(source).suffix in YAML_SUFFIXES or (not Path(source).exists() and is_recipe_name(str(source)))
 
 
 def load_for_analysis(source: str | os.PathLike, device: torch.device, overrides: Iterable[str] = (),
                       weights: str | os.PathLike | None = None) -> tuple[nn.Module, DataConfig]:
     """A trained model from a checkpoint file or run directory, or an untrained one (pretrained
-    backbone, new modules as initialised) from a YAML recipe with `key=value` overrides: the paper
-    compares a frozen ViT with ILA this way. `weights`: the backbone weights of an adapter-only
+    backbone, new modules as initialised) from a recipe (a name or YAML file) with `key=value`
+    overrides: the paper compares a frozen ViT with ILA this way. `weights`: the backbone weights of an adapter-only
     checkpoint (see `restore_model`); recipes take model.weights among their overrides."""
     if is_recipe(source):
         config = load_config(source, list(overrides))
