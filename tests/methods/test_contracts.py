@@ -9,9 +9,12 @@ beyond the rule of its kind (a frozen backbone, or a fine-tuned one).
 
 from __future__ import annotations
 
+import copy
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 
 import pytest
 import torch
@@ -50,7 +53,7 @@ def never(name: str) -> bool:
 
 
 def tiny_vit(weights) -> tuple[str, ...]:
-    """A 2-block ViT of width 32 on a "pretrained" file (see the `pretrained` fixture)."""
+    """A 2-block ViT of width 32 on a "pretrained" file (see the `tiny` fixture)."""
     return ("model.backbone=vit_tiny_patch16_224", TINY_VIT, "model.pretrained=true", f"model.weights={weights}")
 
 
@@ -90,18 +93,32 @@ CASES = {
 }
 
 
+class Tiny:
+    """Configs and models of the tiny cases, each built once: building a timm model costs more
+    than a test, so every test gets a deep copy."""
+
+    def __init__(self, weights):
+        self.weights = weights
+        self._models: dict[tuple[str, ...], nn.Module] = {}
+
+    def config(self, method: str, *extra: str) -> Config:
+        case = CASES[method]
+        return load_config(None, [*case.network(self.weights), f"data.image_size={SIZE}", f"model.method={method}",
+                                  *case.overrides, *extra])
+
+    def model(self, method: str, *extra: str) -> nn.Module:
+        key = (method, *extra)
+        if key not in self._models:
+            self._models[key] = build(self.config(method, *extra).model)
+        return copy.deepcopy(self._models[key])
+
+
 @pytest.fixture(scope="module")
-def pretrained(tmp_path_factory):
-    """A random tiny ViT saved as the "pretrained" file model.weights points at."""
+def tiny(tmp_path_factory) -> Tiny:
+    """On a random tiny ViT saved as the "pretrained" file model.weights points at."""
     path = tmp_path_factory.mktemp("pretrained") / "vit.safetensors"
     save_random_vit(path, img_size=SIZE, **TINY)
-    return path
-
-
-def config_for(method: str, weights, *extra: str) -> Config:
-    case = CASES[method]
-    return load_config(None, [*case.network(weights), f"data.image_size={SIZE}", f"model.method={method}",
-                              *case.overrides, *extra])
+    return Tiny(path)
 
 
 def batch() -> tuple[torch.Tensor, torch.Tensor]:
@@ -134,6 +151,12 @@ def randomize_zeros(model: nn.Module) -> list[str]:
     return zeros
 
 
+@cache
+def _plain_vit_names(backbone: str, backbone_args: str) -> frozenset[str]:
+    config = ModelConfig(backbone=backbone, backbone_args=json.loads(backbone_args))
+    return frozenset(name for name, _ in build_backbone(config, SIZE, pretrained=False).vit.named_parameters())
+
+
 def pretrained_names(model: nn.Module, config: ModelConfig) -> dict[str, str]:
     """{model parameter name: its name in a plain timm ViT} for the parameters that are the
     backbone's own weights (LoRA's `.base_layer` removed); what a method adds is not among them.
@@ -141,7 +164,7 @@ def pretrained_names(model: nn.Module, config: ModelConfig) -> dict[str, str]:
     prefix = next((f"{name}.vit." for name, module in model.named_modules() if isinstance(module, Backbone)), None)
     if prefix is None:
         return {}
-    plain = {name for name, _ in build_backbone(config, SIZE, pretrained=False).vit.named_parameters()}
+    plain = _plain_vit_names(config.backbone, json.dumps(config.backbone_args))
     names = {}
     for name, _ in model.named_parameters():
         timm_name = re.sub(r"\.base_layer(?=\.)", "", name.removeprefix(prefix))
@@ -193,8 +216,8 @@ def test_every_method_has_a_case():
 
 @pytest.mark.parametrize("method", all_methods())
 @pytest.mark.parametrize("mode", ["train", "eval"])
-def test_forward_gives_finite_logits_per_sample_and_class(pretrained, method, mode):
-    model = build(config_for(method, pretrained).model).train(mode == "train")
+def test_forward_gives_finite_logits_per_sample_and_class(tiny, method, mode):
+    model = tiny.model(method).train(mode == "train")
     with torch.no_grad():
         logits = model(batch()[0])
     assert logits.shape == (BATCH, len(CLASSES)) and logits.isfinite().all()
@@ -209,11 +232,11 @@ PEFT_VARIANTS = {
 
 @pytest.mark.parametrize("method", all_methods())
 @pytest.mark.parametrize("variant", PEFT_VARIANTS)
-def test_gradient_census(pretrained, method, variant):
+def test_gradient_census(tiny, method, variant):
     """Exactly the declared parameters train; each gets a finite, non-zero gradient once the
     all-zero tensors in front of it have moved, and the others get none at all."""
-    config = config_for(method, pretrained, *PEFT_VARIANTS[variant]).model
-    model = build(config).train()
+    config = tiny.config(method, *PEFT_VARIANTS[variant]).model
+    model = tiny.model(method, *PEFT_VARIANTS[variant]).train()
     expected = declared_trainable(method, model, config)
     assert {name for name, p in model.named_parameters() if p.requires_grad} == expected
     at_init = gradients(model)
@@ -228,9 +251,9 @@ def test_gradient_census(pretrained, method, variant):
 
 
 @pytest.mark.parametrize("method", all_methods())
-def test_checkpoint_round_trip_is_bit_identical(tmp_path, pretrained, method):
-    config = config_for(method, pretrained)
-    model = perturbed(build(config.model))
+def test_checkpoint_round_trip_is_bit_identical(tmp_path, tiny, method):
+    config = tiny.config(method)
+    model = perturbed(tiny.model(method))
     path = save_checkpoint(tmp_path / "best.safetensors", model, config, CLASSES, epoch=1, global_step=1)
     restored, _ = restore_model(path)
     images = batch()[0]
@@ -248,7 +271,7 @@ def test_checkpoint_round_trip_is_bit_identical(tmp_path, pretrained, method):
     # Adapter-only: everything but the frozen pretrained weights, which the weights file holds.
     frozen = set(pretrained_names(model, config.model)) - declared_trainable(method, model, config.model)
     assert stored == model.state_dict().keys() - frozen
-    full = save_checkpoint(tmp_path / "full.safetensors", model, config_for(method, pretrained, "model.pretrained=false"),
+    full = save_checkpoint(tmp_path / "full.safetensors", model, tiny.config(method, "model.pretrained=false"),
                            CLASSES, epoch=1, global_step=1)
     parameters = dict(model.named_parameters())
     frozen_bytes = sum(parameters[name].numel() * parameters[name].element_size() for name in frozen)
@@ -256,8 +279,8 @@ def test_checkpoint_round_trip_is_bit_identical(tmp_path, pretrained, method):
 
 
 @pytest.mark.parametrize("method", all_methods())
-def test_a_sample_gets_the_same_logits_alone_as_in_a_batch(pretrained, method):
-    model = perturbed(build(config_for(method, pretrained).model))
+def test_a_sample_gets_the_same_logits_alone_as_in_a_batch(tiny, method):
+    model = perturbed(tiny.model(method))
     images = batch()[0]
     with torch.no_grad():
         together = model(images)
@@ -266,8 +289,8 @@ def test_a_sample_gets_the_same_logits_alone_as_in_a_batch(pretrained, method):
 
 
 @pytest.mark.parametrize("method", all_methods())
-def test_one_sgd_step_lowers_the_loss_on_its_batch(pretrained, method):
-    model = build(config_for(method, pretrained).model).train()
+def test_one_sgd_step_lowers_the_loss_on_its_batch(tiny, method):
+    model = tiny.model(method).train()
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.05)
     images, labels = batch()
     loss = loss_of(model, images, labels)
@@ -279,10 +302,10 @@ def test_one_sgd_step_lowers_the_loss_on_its_batch(pretrained, method):
 
 
 @pytest.mark.parametrize("method", all_methods())
-def test_explanation(pretrained, method):
+def test_explanation(tiny, method):
     """What `fgir explain` shows for one image: GLSim's similarity map, box and crop where the method
     selects patches (arXiv 2407.12891, Sec. 3.2), and for any ViT the two attention maps."""
-    model = perturbed(build(config_for(method, pretrained).model))
+    model = perturbed(tiny.model(method))
     backbone = getattr(model, "backbone", None)
     if not isinstance(backbone, Backbone):
         pytest.skip(f"{type(model).__name__} has no ViT backbone to explain")
