@@ -162,7 +162,8 @@ def _plain_vit_names(backbone: str, backbone_args: str) -> frozenset[str]:
 def pretrained_names(model: nn.Module, config: ModelConfig) -> dict[str, str]:
     """{model parameter name: its name in a plain timm ViT} for the parameters that are the
     backbone's own weights (LoRA's `.base_layer` removed); what a method adds is not among them.
-    Found by name against a freshly built backbone, not by the model's own bookkeeping."""
+    Found by name against a freshly built backbone, not by the model's own bookkeeping. Empty for
+    a network without a ViT Backbone (cnn): all of it then counts as the method's own, and trains."""
     prefix = next((f"{name}.vit." for name, module in model.named_modules() if isinstance(module, Backbone)), None)
     if prefix is None:
         return {}
