@@ -7,9 +7,15 @@ import torch
 
 from fgir.config import load_config
 from fgir.models.backbone import Backbone
+from fgir.models.factory import METHODS, NETWORKS
 
 TINY_VIT = "model.backbone_args={patch_size: 8, embed_dim: 32, depth: 2, num_heads: 2}"
 TINY = dict(patch_size=8, embed_dim=32, depth=2, num_heads=2)
+
+
+def all_methods() -> list[str]:
+    """Every method name `model.method` accepts; the tests that hold for every method run over these."""
+    return [*METHODS, *NETWORKS]
 
 
 def tiny_backbone(**overrides) -> Backbone:
