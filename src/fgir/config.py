@@ -201,6 +201,9 @@ class TrainConfig:
     # The global batch train.lr was tuned for: another data.batch_size then scales the lr linearly
     # (lr x batch / lr_base_batch). None (the paper recipes): the lr is used as given.
     lr_base_batch: int | None = None
+    # Layer-wise lr decay for full fine-tuning (e.g. 0.75): block i of L trains at lr x decay^(L - i),
+    # as timm assigns it. None: one lr for every layer (the paper recipes).
+    layer_decay: float | None = None
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 0.0
@@ -493,6 +496,8 @@ def validate(config: Config) -> None:
     for key in POSITIVE:
         if not _value(config, key) > 0:
             raise ConfigError(f"config key '{key}' must be > 0, got {_value(config, key)}")
+    if config.train.layer_decay is not None and not 0 < config.train.layer_decay <= 1:
+        raise ConfigError(f"config key 'train.layer_decay' must be in (0, 1] or null, got {config.train.layer_decay}")
     if config.train.lr_base_batch is not None and config.train.lr_base_batch < 1:
         raise ConfigError(f"config key 'train.lr_base_batch' must be >= 1 or null, got {config.train.lr_base_batch}")
     for key in NON_NEGATIVE:

@@ -85,3 +85,40 @@ def test_weighted_loss_is_the_weighted_mean_for_hard_and_soft_targets():
     torch.testing.assert_close(classification_loss(logits, labels, weight=weight), expected)
     one_hot = torch.nn.functional.one_hot(labels, 3).float()
     torch.testing.assert_close(classification_loss(logits, one_hot, weight=weight), expected)
+
+
+def test_layer_decay_scales_each_parameter_as_timm_assigns_it():
+    from timm.optim._param_groups import param_groups_layer_decay
+
+    from fgir.models.backbone import Backbone
+    from fgir.models.classifier import ViTClassifier
+
+    backbone = Backbone.create("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=32,
+                               depth=3, num_heads=2)
+    model = ViTClassifier(backbone, 5, zero_init_head=False)
+    train = TrainConfig(lr=0.1, layer_decay=0.5, weight_decay=0.05)
+    optimizer = build_optimizer(model, train)
+    ours = {id(p): group["lr"] / train.lr for group in optimizer.param_groups for p in group["params"]}
+    theirs = {id(p): group["lr_scale"] for group in param_groups_layer_decay(backbone.vit, layer_decay=0.5)
+              for p in group["params"]}
+    assert {k: ours[k] for k in theirs} == pytest.approx(theirs)
+    assert ours[id(model.backbone.vit.cls_token)] == pytest.approx(0.5 ** 3)  # the stem, 3 blocks below the top
+    head = [p for name, p in model.named_parameters() if name.startswith("head.")]
+    assert head and all(ours[id(p)] == 1.0 for p in head) and optimizer.param_groups[0]["lr"] == train.lr
+    decay = {id(p) for group in optimizer.param_groups if group["weight_decay"] > 0 for p in group["params"]}
+    assert id(model.backbone.vit.blocks[0].attn.qkv.weight) in decay and id(model.backbone.vit.cls_token) not in decay
+
+
+def test_layer_decay_survives_the_resume_lr_reset():
+    from fgir.engine.trainer import use_config_lr
+    from fgir.models.backbone import Backbone
+    from fgir.models.classifier import ViTClassifier
+
+    backbone = Backbone.create("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=32,
+                               depth=2, num_heads=2)
+    train = TrainConfig(lr=0.1, layer_decay=0.5, warmup_steps=0)
+    optimizer = build_optimizer(ViTClassifier(backbone, 3), train)
+    scheduler = build_scheduler(optimizer, 10, train)
+    before = [group["lr"] for group in optimizer.param_groups]
+    use_config_lr(optimizer, scheduler, train.lr)
+    assert [group["lr"] for group in optimizer.param_groups] == pytest.approx(before) and len(set(before)) > 1

@@ -8,7 +8,7 @@ import math
 import torch
 from torch import nn
 
-from fgir.config import Config, TrainConfig
+from fgir.config import Config, ConfigError, TrainConfig
 
 
 def with_batch_scaled_lr(config: Config) -> tuple[Config, str | None]:
@@ -27,16 +27,42 @@ def with_batch_scaled_lr(config: Config) -> tuple[Config, str | None]:
 
 def build_optimizer(model: nn.Module, train: TrainConfig) -> torch.optim.Optimizer:
     """SGD (Nesterov) or AdamW over the parameters that require gradients. Biases and norm/1-D
-    parameters (and tokens, position embeddings) get no weight decay, as usual for ViTs."""
-    decay, no_decay = [], []
+    parameters (and tokens, position embeddings) get no weight decay, as usual for ViTs. With
+    `train.layer_decay`, each parameter's lr is scaled by layer_decay ** (depth of the layers above it),
+    as timm's `param_groups_layer_decay` assigns them (BEiT's layer-wise lr decay)."""
+    scales = layer_lr_scales(model, train.layer_decay) if train.layer_decay is not None else {}
+    # Full-lr groups first, decayed before not, both always present: the layout checkpoints store.
+    groups: dict[tuple[float, bool], list[nn.Parameter]] = {(1.0, True): [], (1.0, False): []}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        (no_decay if param.ndim <= 1 or name.endswith(("cls_token", "pos_embed", "reg_token")) else decay).append(param)
-    groups = [{"params": decay, "weight_decay": train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        decays = not (param.ndim <= 1 or name.endswith(("cls_token", "pos_embed", "reg_token")))
+        groups.setdefault((scales.get(name, 1.0), decays), []).append(param)
+    param_groups = [{"params": params, "lr": train.lr * scale, "lr_scale": scale,
+                     "weight_decay": train.weight_decay if decays else 0.0}
+                    for (scale, decays), params in sorted(groups.items(), key=lambda item: (-item[0][0], not item[0][1]))
+                    if params or scale == 1.0]
     if train.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=train.lr, momentum=train.momentum, nesterov=train.nesterov and train.momentum > 0)
-    return torch.optim.AdamW(groups, lr=train.lr)
+        return torch.optim.SGD(param_groups, lr=train.lr, momentum=train.momentum,
+                               nesterov=train.nesterov and train.momentum > 0)
+    return torch.optim.AdamW(param_groups, lr=train.lr)
+
+
+def layer_lr_scales(model: nn.Module, layer_decay: float) -> dict[str, float]:
+    """{parameter name: lr scale} for the timm ViT inside `model`: stem (patch embedding, tokens) the
+    deepest decay, block i one step less, everything after the last block (final norm, heads, a
+    method's own modules) 1, with timm's own grouping of the ViT's parameters."""
+    from timm.models import VisionTransformer, group_parameters
+
+    for prefix, module in model.named_modules():
+        if isinstance(module, VisionTransformer):
+            break
+    else:
+        raise ConfigError("train.layer_decay needs a timm ViT in the model (for a CNN leave it null)")
+    layers = group_parameters(module, module.group_matcher(coarse=False), reverse=True)
+    layer_max = max(layers.values())
+    prefix = f"{prefix}." if prefix else ""
+    return {prefix + name: layer_decay ** (layer_max - layer) for name, layer in layers.items()}
 
 
 def lr_at(step: int, total_steps: int, train: TrainConfig) -> float:

@@ -666,9 +666,9 @@ def optimizer_step(model: nn.Module, optimizer, scaler, grad_clip: float) -> boo
 def use_config_lr(optimizer, scheduler, lr: float) -> None:
     """On resume the config's lr wins over the stored one, so a diverged run can go on with a lower
     train.lr. With the same lr this recomputes exactly the stored values (as LambdaLR does)."""
-    scheduler.base_lrs = [lr] * len(optimizer.param_groups)
-    for group, factor in zip(optimizer.param_groups, scheduler.lr_lambdas, strict=True):
-        group["initial_lr"], group["lr"] = lr, lr * factor(scheduler.last_epoch)
+    scheduler.base_lrs = [lr * group.get("lr_scale", 1.0) for group in optimizer.param_groups]
+    for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True):
+        group["initial_lr"], group["lr"] = base, base * factor(scheduler.last_epoch)
 
 
 def diverged(run_dir: Path, epoch: int, global_step: int, bad_steps: int) -> DivergenceError:
