@@ -12,6 +12,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -36,12 +37,19 @@ def fgir(words: list[str], cwd: Path, status: int = 0) -> subprocess.CompletedPr
     """Run `fgir ...` (README's spelling) from `cwd` with this checkout's code; check its exit status
     and that no traceback reached the user."""
     assert words[0] == "fgir", words
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-m", "fgir", *words[1:]], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=COMMAND_TIMEOUT_S)
     assert done.returncode == status, f"{shlex.join(words)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
     assert "Traceback" not in done.stderr, done.stderr
     return done
+
+
+def test_the_fgir_command_is_what_python_m_fgir_runs(tmp_path):
+    """README types `.venv/bin/fgir` (the console script of fgir.cli:main); these tests run `python -m fgir`."""
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["scripts"]
+    assert scripts["fgir"] == "fgir.cli:main"
+    assert re.fullmatch(r"fgir \d+\.\d+\S*\n", fgir(["fgir", "--version"], tmp_path).stdout)
 
 
 def only(commands: list[list[str]], what: str) -> list[str]:
@@ -109,6 +117,7 @@ def resume_command(run: str) -> list[str]:
 def test_a_stopped_run_resumes_from_its_own_config(cub_clone):
     clone, quickstart, _ = cub_clone
     train = only(fgir_commands(quickstart, "train"), "train")
+    # Another run folder than the quickstart's (the last train.run_name wins), stopped as a job limit would.
     stopped = fgir([*train, *TINY_RUN, "train.run_name=cub-stopped", "--stop-after-epochs", "1"], clone)
     run = clone / "runs" / "cub-stopped"
     assert "stopped after epoch 1/2" in stopped.stdout
@@ -127,7 +136,6 @@ def test_a_stopped_run_resumes_from_its_own_config(cub_clone):
     assert after == before  # only the key the newcomer changed
     epochs = [line.split(",")[0] for line in (run / "metrics.csv").read_text().splitlines()[1:]]
     assert epochs == ["1", "2", "3"]
-
 
 
 def test_an_ila_checkpoint_predicts_from_another_folder_and_takes_moved_weights(tmp_path):
