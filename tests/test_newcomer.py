@@ -6,6 +6,7 @@ without internet) and overrides that make the runs tiny (backbone size, 32 px, 2
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import shlex
@@ -19,6 +20,7 @@ import pytest
 import yaml
 
 from conftest import TINY, TINY_VIT, save_random_vit
+from fgir import cli
 from official_layouts import make_cotton, make_cub
 from readme_commands import REPO, code_blocks, fgir_commands, inline_commands, make_recipe, readme_section
 
@@ -80,7 +82,7 @@ def cub_clone(tmp_path_factory):
     return clone, quickstart, prepared.stdout
 
 
-def test_the_quickstart_on_a_miniature_cub(cub_clone):
+def test_the_quickstart_on_a_miniature_cub(cub_clone, monkeypatch):
     clone, quickstart, prepared = cub_clone
     assert "train_val 400, train 200, val 200, test 200" in prepared
 
@@ -104,6 +106,29 @@ def test_the_quickstart_on_a_miniature_cub(cub_clone):
     topk = int(predict[predict.index("--topk") + 1])
     ranks = re.findall(r"^\S*\s+(\d+)\s+Bird \d{3}\s+\d+\.\d+%$", predicted.stdout, flags=re.MULTILINE)
     assert ranks == [str(k) for k in range(1, topk + 1)], predicted.stdout
+
+    # README's Python API on the same run, its first paragraph (load, predict) as typed; the second
+    # trains the full ViT-B/16 recipe, whose weights this machine cannot download.
+    api = code_blocks(readme_section("Python API"), "python")[0].split("\n\n")[0]
+    *statements, last = ast.parse(api).body
+    pictures = [node.value for node in ast.walk(last)
+                if isinstance(node, ast.Constant) and str(node.value).endswith(".jpg")]
+    shutil.copy(photo, clone / only(pictures, "Python API picture"))
+    monkeypatch.chdir(clone)
+    scope: dict = {}
+    exec(compile(ast.Module(statements, type_ignores=[]), "README.md", "exec"), scope)
+    [prediction] = eval(compile(ast.Expression(last.value), "README.md", "eval"), scope)
+    assert [score.class_name for score in prediction.topk] == re.findall(r"Bird \d{3}", predicted.stdout)
+
+
+def test_the_configuration_error_readme_shows(tmp_path, monkeypatch, capsys):
+    clone = new_clone(tmp_path / "fgir")
+    example = code_blocks(readme_section("Configuration"))[0].splitlines()
+    assert example[0].startswith("$ fgir ") and len(example) == 2, example  # the command, then what it prints
+    monkeypatch.chdir(clone)
+    # In this process (the console script's main): a process would spend seconds importing to fail at once.
+    assert cli.main(shlex.split(example[0])[2:]) == 2
+    assert capsys.readouterr().err.splitlines() == example[1:]
 
 
 def resume_command(run: str) -> list[str]:
