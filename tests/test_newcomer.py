@@ -194,7 +194,7 @@ def test_the_demo_and_the_predict_command_that_follows_it(tmp_path):
     clone = new_clone(tmp_path / "fgir")
     demo = [words for words in make_recipe("demo") if words[0] == "$(BIN)/fgir"]
     train = ["fgir", *only(demo, "Makefile demo fgir")[1:]]
-    # The demo's recipe shrunk: the same classes, 4 images of each per split, a 2-block ViT.
+    # The demo's recipe shrunk: the same 10 classes with 4 train, 1 val and 4 test images each, a 2-block ViT.
     shrunk = (TINY_VIT, "data.synthetic.train_per_class=4", "data.synthetic.val_per_class=1",
               "data.synthetic.test_per_class=4", "data.synthetic.image_size=40", "data.image_size=32",
               "train.epochs=2", "train.warmup_steps=1")
