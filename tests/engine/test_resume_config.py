@@ -104,6 +104,14 @@ def test_more_epochs_extend_the_run_and_the_saved_config_follows(tmp_path, stopp
     assert saved["train"]["epochs"] == 3 and saved["data"]["eval_batch_size"] == 4
 
 
+def test_the_saved_config_names_no_resume_so_training_from_it_never_extends_the_run(stopped_run, capsys):
+    assert main(["train", f"train.resume={stopped_run}", "--no-progress"]) == 0
+    assert yaml.safe_load((stopped_run / "config.yaml").read_text())["train"]["resume"] is None
+    capsys.readouterr()
+    assert main(["train", str(stopped_run / "config.yaml"), "--no-progress"]) == 2
+    assert f"{stopped_run} already holds a run; resume it with train.resume={stopped_run}" in capsys.readouterr().err
+
+
 def test_a_refused_split_change_writes_nothing(tmp_path, stopped_run, capsys):
     before = files_of(stopped_run)
     capsys.readouterr()

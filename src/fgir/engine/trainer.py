@@ -25,7 +25,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -260,7 +260,9 @@ def start_run_dir(run_dir: Path, config: Config) -> None:
         discard_run_outputs(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(run_dir)
-    save_config(config, run_dir / "config.yaml")
+    # config.yaml describes the run, not how this call reached it: with train.resume in it, training
+    # from the file again (a new run_name, another seed) would silently continue this run instead.
+    save_config(replace(config, train=replace(config.train, resume=None)), run_dir / "config.yaml")
 
 
 def discard_run_outputs(run_dir: Path) -> None:
