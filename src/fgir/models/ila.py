@@ -1,4 +1,4 @@
-"""ILA (spec/ila.md): inter-layer adapters on the residual stream of a frozen ViT, between blocks.
+"""ILA (Rios et al., arXiv 2409.11051, Section 3): inter-layer adapters on the residual stream of a frozen ViT, between blocks.
 
 The down-sampling ILA (DS-ILA) shrinks the patch grid by 2 rows and 2 columns with valid 3x3
 convolutions, so the blocks after it process fewer tokens; the same-resolution ILA keeps the grid.
@@ -17,16 +17,34 @@ Decisions where the paper and its code leave room:
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 from torch import nn
 
-from fgir.config import ConfigError, ModelConfig, PeftConfig
+from fgir.config import ConfigError, ModelConfig
+from fgir.methods import register_method
 from fgir.models.backbone import Backbone
-from fgir.models.peft.adapters import BottleneckAdapter, attach_parallel_adapters, init_bottleneck
+from fgir.models.peft.adapters import (
+    AdapterConfig,
+    BottleneckAdapter,
+    attach_parallel_adapters,
+    init_bottleneck,
+)
 from fgir.models.peft.freezing import freeze_backbone
 from fgir.models.peft.frozen_classifier import FrozenClassifier, Grid
 
 KERNEL = 3
+
+
+@dataclass
+class ILAConfig(AdapterConfig):
+    """ILA, ILA+ and ILA++ (arXiv 2409.11051, Section 3): where the inter-layer adapters go."""
+
+    ila_ds_layers: list[int] = field(default_factory=lambda: [3, 7])  # DS-ILA after these blocks (0-based)
+    # Same-resolution ILAs of ILA+ after these blocks; None: after every block without a DS-ILA
+    # (10 for ViT-B/16 with [3, 7]: the paper's 174.6 K parameters).
+    ila_layers: list[int] | None = None
 
 
 class InterLayerAdapter(nn.Module):
@@ -131,7 +149,7 @@ def _check_indices(indices: list[int], key: str, backbone: Backbone) -> list[int
 
 
 def ila_placement(
-    peft: PeftConfig, backbone: Backbone, *, same_resolution: bool
+    peft: ILAConfig, backbone: Backbone, *, same_resolution: bool
 ) -> tuple[list[int], list[int]]:
     """(blocks followed by a DS-ILA, blocks followed by a same-resolution ILA). By default the
     same-resolution ILAs go after every block that has no DS-ILA: with DS-ILAs after blocks 3 and 7
@@ -190,3 +208,8 @@ def build_ila_plus(backbone: Backbone, num_classes: int, model: ModelConfig) -> 
 def build_ila_pp(backbone: Backbone, num_classes: int, model: ModelConfig) -> FrozenClassifier:
     """ILA++: DS-ILAs + parallel bottleneck adapters beside attention and MLP in every block."""
     return _build(backbone, num_classes, model, same_resolution=False, in_block=True)
+
+
+register_method("ila", build=build_ila, config=ILAConfig)
+register_method("ila_plus", build=build_ila_plus, config=ILAConfig)
+register_method("ila_pp", build=build_ila_pp, config=ILAConfig)

@@ -9,8 +9,8 @@ import torch
 from torch.nn import functional as F
 
 from conftest import fit_steps, tiny_backbone
-from fgir.config import ModelConfig, PeftConfig
-from fgir.models.factory import METHODS
+from fgir.config import model_config
+from fgir.methods import get_method
 from fgir.models.peft.frozen_classifier import FrozenClassifier
 
 FROZEN_METHODS = ["ila", "ila_plus", "ila_pp", "adapter", "convpass", "linear"]
@@ -27,10 +27,11 @@ def _backbone():
 
 def build(method: str, zero_init_head: bool = False, **peft) -> FrozenClassifier:
     backbone = copy.deepcopy(_backbone())  # building a timm model costs more than the test
-    config = ModelConfig(
-        method=method, zero_init_head=zero_init_head, peft=PeftConfig(**{"ila_ds_layers": [0, 2], **peft})
-    )
-    return METHODS[method](backbone, 3, config)
+    spec = get_method(method)
+    if method in ILA_METHODS:
+        peft = {"ila_ds_layers": [0, 2], **peft}
+    config = model_config(method, zero_init_head=zero_init_head, peft=spec.config(**peft))
+    return spec.build(backbone, 3, config)
 
 
 def randomize_trainable(model: torch.nn.Module) -> None:
