@@ -20,7 +20,7 @@ from suite import matmul_peak, median_of
 
 from fgir.config import ModelConfig
 from fgir.engine.acceleration import compile_model
-from fgir.models.factory import build_model
+from fgir.methods import build_model
 from fgir.tools.bench import count_flops
 
 

@@ -10,6 +10,12 @@ command runs in, as for any shell command; only `include:` names config files, r
 that includes them. A run saves its config with these paths made absolute (`with_absolute_paths`),
 so its config.yaml and checkpoints work from any folder.
 Unknown keys and values of the wrong type are errors that name the key and suggest the nearest one.
+
+Methods: the schema is that of the method `model.method` selects (the last layer that sets it wins):
+the shared ModelConfig keys plus that method's own section, registered with the method
+(fgir.methods). A key of another method's section is an error naming its owner; configs fgir saved
+(checkpoints, run configs) may carry other methods' sections, as older versions saved them, and
+these are dropped.
 """
 
 from __future__ import annotations
@@ -126,6 +132,10 @@ class ModelConfig:
     # From scratch, a random head lets gradients reach the backbone from the first step.
     zero_init_head: bool = True
 
+    def __reduce__(self):
+        # A method's schema class is made at run time (`model_schema`): rebuilt from the method's name.
+        return _rebuild, ("model", self.method, _fields_of(self))
+
 
 @dataclass
 class TrainConfig:
@@ -171,6 +181,18 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __reduce__(self):
+        return _rebuild, ("config", self.model.method, _fields_of(self))
+
+
+def _fields_of(instance: Any) -> dict[str, Any]:
+    return {f.name: getattr(instance, f.name) for f in dataclasses.fields(instance)}
+
+
+def _rebuild(kind: str, method: str, fields: dict[str, Any]) -> Any:
+    """Unpickle a config (e.g. in a spawned process) by its method's schema."""
+    return (model_schema if kind == "model" else config_schema)(method)(**fields)
 
 
 CHOICES = {

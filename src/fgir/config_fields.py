@@ -3,7 +3,6 @@ the base of a method's config section, which checks its fields where they are de
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 from typing import Any, ClassVar
 
@@ -56,7 +55,3 @@ class MethodSection:
             for name in names:
                 check(self.key(name), getattr(self, name))
 
-
-def section_keys(section: type) -> list[str]:
-    """The field names of a section dataclass, in declaration order."""
-    return [f.name for f in dataclasses.fields(section)]

@@ -74,12 +74,16 @@ class Recognizer:
     def _where_it_looked(self, batch: torch.Tensor, shown: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
         model, size = self.predictor.model, batch.shape[-2:]
         backbone = getattr(model, "backbone", None)
+        details = None
         if isinstance(model, Explains):
             with torch.inference_mode():
                 details = model.explain(batch)
-            x0, y0, x1, y1 = (int(v) for v in details.boxes[0].tolist())
-            scores = details.scores[0].reshape(backbone.grid_for(*size))
-            return overlay(shown, heat_map(scores, size)), to_uint8(shown[y0:y1, x0:x1])
+        if details is not None and details.scores is not None:
+            crop = None
+            if details.boxes is not None:
+                x0, y0, x1, y1 = (int(v) for v in details.boxes[0].tolist())
+                crop = to_uint8(shown[y0:y1, x0:x1])
+            return overlay(shown, heat_map(details.scores[0].reshape(backbone.grid_for(*size)), size)), crop
         if isinstance(backbone, Backbone):
             return overlay(shown, heat_map(last_layer_cls_attention(backbone, batch)[0], size)), None
         return None, None  # e.g. a CNN baseline: no map to show

@@ -84,7 +84,7 @@ def _load() -> None:
 
 
 def method_names() -> list[str]:
-    """Every registered method, built-in ones first, in registration order."""
+    """Every registered method, built-in ones first, in registration (import) order."""
     _load()
     return list(_METHODS)
 
@@ -94,7 +94,7 @@ def get_method(name: str, key: str = "model.method") -> MethodSpec:
     if name not in _METHODS:
         close = difflib.get_close_matches(str(name), list(_METHODS), n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise ConfigError(f"unknown method {key}='{name}' (known: {', '.join(_METHODS)}){hint}")
+        raise ConfigError(f"unknown method {key}='{name}' (known: {', '.join(sorted(_METHODS))}){hint}")
     return _METHODS[name]
 
 
