@@ -82,28 +82,31 @@ def test_method_and_backbone_are_checked_when_the_config_loads(tmp_path, capsys,
     assert not (tmp_path / "runs").exists()  # refused before any work
 
 
-def test_a_key_of_another_method_names_the_method_that_owns_it():
-    with pytest.raises(ConfigError, match=r"config key 'model.glsim' \(command line 'model.glsim.top_o=4'\) is an option "
-                                          r"of method glsim, not of model.method='vit'"):
-        load_config(None, ["model.method=vit", "model.glsim.top_o=4"])
-    with pytest.raises(ConfigError, match=r"'model.peft.lora_rank' .* is an option of method lora, not of model.method='ila'"):
-        load_config(None, ["model.method=ila", "model.peft.lora_rank=2"])
-    with pytest.raises(ConfigError, match=r"'model.peft.prompt_length' .* of method vpt_shallow, vpt_deep"):
-        load_config(None, ["model.peft.prompt_length=4", "model.method=lora"])  # the method given last decides
-    with pytest.raises(ConfigError, match=r"unknown config key 'model.glsim.top_k' .*; did you mean 'model.glsim.top_o'"):
-        load_config(None, ["model.method=glsim", "model.glsim.top_k=4"])
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        # Another method's key names the method that owns it.
+        (["model.method=vit", "model.glsim.top_o=4"], r"config key 'model.glsim' \(command line 'model.glsim.top_o=4'\) "
+                                                       r"is an option of method glsim, not of model.method='vit'"),
+        (["model.method=ila", "model.peft.lora_rank=2"], r"'model.peft.lora_rank' .* of method lora, not of model.method='ila'"),
+        (["model.peft.prompt_length=4", "model.method=lora"], r"'model.peft.prompt_length' .* of method vpt_shallow, vpt_deep"),
+        (["model.method=glsim", "model.glsim.top_k=4"], r"unknown config key 'model.glsim.top_k' .*; did you mean 'model.glsim.top_o'"),
+        # A section checks its values on the fields, with the full key.
+        (["model.method=glsim", "model.glsim.similarity=cosin"],
+         r"config key 'model.glsim.similarity' must be one of cosine, l1, l2, got 'cosin'; did you mean 'cosine'\?"),
+        (["model.method=lora", "model.peft.lora_dropout=1.0"], r"config key 'model.peft.lora_dropout' must be in \[0, 1\), got 1.0"),
+    ],
+)
+def test_method_keys_are_checked_against_the_method_the_config_selects(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
 
 
-def test_section_values_are_checked_on_the_field_with_the_full_key():
-    with pytest.raises(ConfigError, match=r"config key 'model.glsim.similarity' must be one of cosine, l1, l2, got 'cosin'; "
-                                          r"did you mean 'cosine'\?"):
-        load_config(None, ["model.method=glsim", "model.glsim.similarity=cosin"])
-    with pytest.raises(ConfigError, match=r"config key 'model.peft.lora_dropout' must be in \[0, 1\), got 1.0"):
-        load_config(None, ["model.method=lora", "model.peft.lora_dropout=1.0"])
+def test_a_section_checks_itself_when_made_from_python():
     from fgir.models.peft.adapters import AdapterConfig
 
     with pytest.raises(ConfigError, match=r"config key 'model.peft.bottleneck' must be > 0, got 0"):
-        AdapterConfig(bottleneck=0)  # from Python too
+        AdapterConfig(bottleneck=0)
 
 
 def test_a_saved_config_carries_only_its_own_methods_section(tmp_path):
