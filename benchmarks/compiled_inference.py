@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 from suite import matmul_peak, median_of
 
-from fgir.config import ModelConfig
+from fgir.config import model_config
 from fgir.engine.acceleration import compile_model
-from fgir.models.factory import build_model
+from fgir.methods import build_model
 from fgir.tools.bench import count_flops
 
 
@@ -39,8 +39,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     torch.manual_seed(0)
-    model_config = ModelConfig(method=args.method, backbone=args.backbone, pretrained=False, zero_init_head=False)
-    eager = build_model(model_config, 200, args.image_size).eval()
+    config = model_config(args.method, backbone=args.backbone, pretrained=False, zero_init_head=False)
+    eager = build_model(config, 200, args.image_size).eval()
     compiled = copy.deepcopy(eager)
     gflops = count_flops(eager, args.image_size, torch.device("cpu")) / 1e9
     images = torch.randn(args.batch_size, 3, args.image_size, args.image_size)

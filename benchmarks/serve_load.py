@@ -38,10 +38,10 @@ import torch
 from gradio_client import Client, handle_file
 from suite import photo_like_jpeg
 
-from fgir.config import Config, DataConfig, GLSimConfig, ModelConfig
+from fgir.config import Config, DataConfig, model_config
 from fgir.engine.checkpoint import save_checkpoint
 from fgir.fileio import atomic_write_text
-from fgir.models.factory import build_model
+from fgir.methods import build_model
 
 MODELS = {
     "vit-tiny": dict(image_size=224, num_classes=200, backbone_args={}),
@@ -57,8 +57,8 @@ def build_checkpoint(folder: Path, model: str) -> Path:
     spec = MODELS[model]
     data = DataConfig(name="load", format="csv", root=str(folder / "no-dataset"), num_classes=spec["num_classes"],
                       image_size=spec["image_size"])
-    config = Config(data=data, model=ModelConfig(method="glsim", backbone="vit_tiny_patch16_224", pretrained=False,
-                                                 backbone_args=spec["backbone_args"], glsim=GLSimConfig()))
+    config = Config(data=data, model=model_config("glsim", backbone="vit_tiny_patch16_224", pretrained=False,
+                                                  backbone_args=spec["backbone_args"]))
     torch.manual_seed(0)
     network = build_model(config.model, data.num_classes, data.image_size, pretrained=False).eval()
     names = [f"class {i:03d}" for i in range(data.num_classes)]

@@ -41,13 +41,13 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
-from fgir.config import DataConfig, ModelConfig
+from fgir.config import DataConfig, ModelConfig, model_config
 from fgir.data import build_dataset, build_loader, build_transform, read_image
 from fgir.data.cache import cache_image
 from fgir.data.transforms import resize_size
 from fgir.fileio import atomic_write_text
+from fgir.methods import build_model, method_names
 from fgir.models.backbone import Backbone
-from fgir.models.factory import METHODS, build_model
 from fgir.models.gls import crop_and_resize, gls_scores, selection_flops
 from fgir.tools.attention import attention_rollout
 from fgir.tools.bench import benchmark, device_name, synchronize
@@ -227,7 +227,7 @@ def model_rows(backbone: str, image_sizes: list[int], methods: list[str], batch_
     for image_size in image_sizes:
         plain_time = None
         for method in methods:
-            config = ModelConfig(method=method, backbone=backbone, pretrained=False)
+            config = model_config(method, backbone=backbone, pretrained=False)
             try:
                 # A process of its own per model: its peak memory is not hidden by pages an earlier
                 # model left to the allocator.
@@ -412,7 +412,7 @@ def main() -> None:
                 results["photos"], results["photo_files"] = [summary], files
         if "models" in args.parts:
             results["models_compiled"] = args.compile
-            methods = args.methods or list(METHODS)
+            methods = args.methods or method_names()
             methods = ["vit", *[m for m in methods if m != "vit"]]
             results["models"] = model_rows(backbone, args.sizes or [224], methods, args.batch_size, args.warmup,
                                            args.iters, peak, args.compile, args.device)

@@ -6,8 +6,8 @@ import timm
 import torch
 
 from fgir.config import load_config
+from fgir.methods import method_names
 from fgir.models.backbone import Backbone
-from fgir.models.factory import METHODS, NETWORKS
 
 TINY_VIT = "model.backbone_args={patch_size: 8, embed_dim: 32, depth: 2, num_heads: 2}"
 TINY = dict(patch_size=8, embed_dim=32, depth=2, num_heads=2)
@@ -15,7 +15,7 @@ TINY = dict(patch_size=8, embed_dim=32, depth=2, num_heads=2)
 
 def all_methods() -> list[str]:
     """Every method name `model.method` accepts; the tests that hold for every method run over these."""
-    return [*METHODS, *NETWORKS]
+    return method_names()
 
 
 def tiny_backbone(**overrides) -> Backbone:

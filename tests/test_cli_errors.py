@@ -14,7 +14,7 @@ from conftest import tiny_overrides
 from fgir.cli import main
 from fgir.config import load_config
 from fgir.engine.checkpoint import save_checkpoint
-from fgir.models.factory import build_model
+from fgir.methods import build_model
 
 CLASS_NAMES = ["disc", "square", "triangle_up"]
 

@@ -5,15 +5,17 @@ from dataclasses import dataclass, field
 import yaml
 
 from fgir.cli import main
-from fgir.config import VALID_KEYS, load_config, to_dict
+from fgir.config import load_config, schema_keys, to_dict
 from fgir.config_inspect import (
     class_docstring,
+    config_help,
     config_with_origins,
     field_comments,
     format_keys,
     format_with_origins,
     schema_help,
 )
+from fgir.methods import method_names
 
 
 def write_recipe(folder):
@@ -52,7 +54,7 @@ def test_each_value_names_the_layer_that_set_it_last(tmp_path, monkeypatch):
     assert yaml.safe_load(text) == to_dict(config)  # the comments aside, what save_config writes
     printed = origins_printed(text)
     sections = {entry.key for entry in schema_help() if entry.type == "section"}
-    leaves = (set(VALID_KEYS) - sections - {"model.backbone_args"}) | {"model.backbone_args.depth",
+    leaves = (set(schema_keys()) - sections - {"model.backbone_args"}) | {"model.backbone_args.depth",
                                                                        "model.backbone_args.num_heads"}
     assert set(printed) == leaves  # every value has its origin
     assert printed["train.lr"] == str(tmp_path / "base.yaml") and printed["train.momentum"] == "default"
@@ -75,7 +77,7 @@ def test_config_show_verb(tmp_path, capsys):
 
 def test_config_keys_lists_every_schema_key_with_type_default_and_help(capsys):
     entries = schema_help()
-    assert [entry.key for entry in entries] == list(VALID_KEYS)
+    assert [entry.key for entry in entries] == list(schema_keys())  # the default method's schema
     for entry in entries:
         assert entry.type and (entry.default or entry.type == "section"), entry
     by_key = {entry.key: entry for entry in entries}
@@ -89,11 +91,14 @@ def test_config_keys_lists_every_schema_key_with_type_default_and_help(capsys):
 
     assert main(["config", "keys"]) == 0
     listed = [line.split(":", 1)[0] for line in capsys.readouterr().out.splitlines() if line and line[0] != " "]
-    assert listed == list(VALID_KEYS)
+    assert listed == [entry.key for entry in config_help()]
+    assert set(listed) == {key for method in method_names() for key in schema_keys(method)}  # every method's keys
     assert main(["config", "keys", "model.glsim"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("model.glsim: section\n") and "model.glsim.top_o: int = 8\n" in out
-    assert "model.peft" not in out
+    assert out.startswith("model.glsim: section  [method glsim]\n")
+    assert "model.glsim.top_o: int = 8  [method glsim]\n" in out and "model.peft" not in out
+    assert main(["config", "keys", "model.peft.lora_rank"]) == 0
+    assert capsys.readouterr().out.startswith("model.peft.lora_rank: int = 8  [method lora]\n")
     assert main(["config", "keys", "modle"]) == 2
     assert "did you mean 'model'?" in capsys.readouterr().err
 

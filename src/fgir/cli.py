@@ -243,9 +243,9 @@ def cmd_recipes(args: argparse.Namespace) -> None:
 
 
 def cmd_config_keys(args: argparse.Namespace) -> None:
-    from fgir.config_inspect import format_keys, schema_help
+    from fgir.config_inspect import config_help, format_keys
 
-    print(format_keys(schema_help(), prefix=args.prefix or ""))
+    print(format_keys(config_help(), prefix=args.prefix or ""))
 
 
 def positive_int(text: str) -> int:

@@ -11,6 +11,12 @@ command runs in, as for any shell command; only `include:` names config files, r
 that includes them. A run saves its config with these paths made absolute (`with_absolute_paths`),
 so its config.yaml and checkpoints work from any folder.
 Unknown keys and values of the wrong type are errors that name the key and suggest the nearest one.
+
+Methods: the schema is that of the method `model.method` selects (the last layer that sets it wins):
+the shared ModelConfig keys plus that method's own section, registered with the method
+(fgir.methods). A key of another method's section is an error naming its owner; configs fgir saved
+(checkpoints, run configs) may carry other methods' sections, as older versions saved them, and
+these are dropped.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,15 +34,13 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from fgir.errors import FgirError
+from fgir.config_fields import fraction, non_negative, one_of, positive
+from fgir.errors import ConfigError
 from fgir.fileio import atomic_write_text
+from fgir.methods import get_method, method_names
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class ConfigError(FgirError, ValueError):
-    """A configuration that cannot be used; the message names the offending key or file."""
 
 
 @dataclass
@@ -127,56 +132,10 @@ class DataConfig:
 
 
 @dataclass
-class GLSimConfig:
-    """GLSim (spec/glsim.md): global-local similarity crop, shared re-encoding, aggregator."""
-
-    top_o: int = 8  # patches selected by similarity (16 for Stanford Dogs in the paper)
-    similarity: str = "cosine"  # cosine | l1 | l2 (for distances the smallest wins)
-    box: str = "inclusive"  # inclusive (ours) | reference (the paper code's rounding, for its checkpoints)
-    crop_cls: str = "separate"  # separate: own crop CLS initialised from the pretrained one | shared
-    selection: str = "crop"  # crop: crop + second pass | tokens: gather the top-O tokens, no second pass
-    head: str = "token"  # token: image CLS position | avg | max of both tokens' logits
-    test_flip: bool = False  # average the logits of the image and its horizontal flip at test time
-
-
-@dataclass
-class IFAConfig:
-    """IFA head (spec/anime.md, method vit_ifa): a learned weighted sum of every layer's CLS, ReLU,
-    LayerNorm, Linear; optionally the layer-wise exclusion loss (off in the reference by default)."""
-
-    exclusion_loss: bool = False
-    exclusion_weight: float = 0.01  # times temperature^2, subtracted from the classification loss
-    temperature: float = 1.0
-    exclusion_distance: int = 2  # layer i is compared with layer i + distance
-
-
-@dataclass
-class PeftConfig:
-    """Frozen-backbone methods (spec/ila.md): ILA, ILA+, ILA++ and the PEFT baselines. The backbone is
-    frozen; what else trains is listed here."""
-
-    train_cls_token: bool = True  # the reference trains the CLS token
-    train_pos_embed: bool = False
-    train_norm: bool = False  # the backbone's final LayerNorm
-    # Frozen backbone modules (dropout, drop-path, BatchNorm) behave as in evaluation while the new
-    # modules train; False: the whole model follows model.train().
-    frozen_eval: bool = True
-    bottleneck: int = 8  # hidden width of bottleneck adapters, ConvPass and ILA modules
-    dropout: float = 0.1  # dropout at the output of adapters and ILA modules
-    ila_ds_layers: list[int] = field(default_factory=lambda: [3, 7])  # DS-ILA after these blocks (0-based)
-    # Same-resolution ILAs of ILA+ after these blocks; None: after every block without a DS-ILA
-    # (10 for ViT-B/16 with [3, 7]: the spec's 174.6 K parameters).
-    ila_layers: list[int] | None = None
-    prompt_length: int = 100  # VPT prompt tokens (per layer for VPT-Deep)
-    prompt_dropout: float = 0.0
-    lora_rank: int = 8
-    lora_alpha: float = 8.0
-    lora_dropout: float = 0.0
-    lora_targets: list[str] = field(default_factory=lambda: ["qkv", "fc1", "fc2"])
-
-
-@dataclass
 class ModelConfig:
+    """The keys every method shares; each method adds its own section (model.glsim, model.ifa,
+    model.peft), which exists only where model.method names that method."""
+
     method: str = "vit"
     backbone: str = "vit_base_patch16_224.orig_in21k"
     pretrained: bool = True
@@ -188,9 +147,10 @@ class ModelConfig:
     # Zero-initialised head (the fine-tuning recipes'): training starts from uniform predictions.
     # From scratch, a random head lets gradients reach the backbone from the first step.
     zero_init_head: bool = True
-    glsim: GLSimConfig = field(default_factory=GLSimConfig)
-    ifa: IFAConfig = field(default_factory=IFAConfig)
-    peft: PeftConfig = field(default_factory=PeftConfig)
+
+    def __reduce__(self):
+        # A method's schema class is made at run time (`model_schema`): rebuilt from the method's name.
+        return _rebuild, ("model", self.method, _fields_of(self))
 
 
 @dataclass
@@ -252,6 +212,18 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
+    def __reduce__(self):
+        return _rebuild, ("config", self.model.method, _fields_of(self))
+
+
+def _fields_of(instance: Any) -> dict[str, Any]:
+    return {f.name: getattr(instance, f.name) for f in dataclasses.fields(instance)}
+
+
+def _rebuild(kind: str, method: str, fields: dict[str, Any]) -> Any:
+    """Unpickle a config (e.g. in a spawned process) by its method's schema."""
+    return (model_schema if kind == "model" else config_schema)(method)(**fields)
+
 
 CHOICES = {
     "data.format": ("csv", "labels", "folder", "synthetic", "hf"),
@@ -266,12 +238,32 @@ CHOICES = {
     "train.select": ("val", "last"),
     "train.class_weights": ("none", "inverse_sqrt", "effective_number"),
     "train.precision": ("auto", "fp32", "bf16", "fp16"),
-    "model.glsim.similarity": ("cosine", "l1", "l2"),
-    "model.glsim.box": ("inclusive", "reference"),
-    "model.glsim.crop_cls": ("separate", "shared"),
-    "model.glsim.selection": ("crop", "tokens"),
-    "model.glsim.head": ("token", "avg", "max"),
 }
+
+
+@functools.cache
+def model_schema(method: str) -> type[ModelConfig]:
+    """ModelConfig plus the section of `method` (`model.<section>`) when it has one."""
+    spec = get_method(method)
+    if spec.config is None:
+        return ModelConfig
+    return dataclasses.make_dataclass(
+        "ModelConfig", [(spec.section, spec.config, field(default_factory=spec.config))], bases=(ModelConfig,)
+    )
+
+
+@functools.cache
+def config_schema(method: str) -> type[Config]:
+    """The schema of a run of `method`: Config whose `model` is `model_schema(method)`."""
+    model = model_schema(method)
+    if model is ModelConfig:
+        return Config
+    return dataclasses.make_dataclass("Config", [("model", model, field(default_factory=model))], bases=(Config,))
+
+
+def model_config(method: str = "vit", **fields: Any) -> ModelConfig:
+    """A ModelConfig for `method` from Python, e.g. `model_config("glsim", glsim=GLSimConfig(top_o=4))`."""
+    return model_schema(method)(method=method, **fields)
 
 
 def _schema_keys(schema: type, prefix: str = "") -> dict[str, Any]:
@@ -308,8 +300,20 @@ def _free_form_keys(schema: type, prefix: str = "") -> set[str]:
     return out
 
 
-VALID_KEYS = _schema_keys(Config)
-FREE_FORM = _free_form_keys(Config)
+@functools.cache
+def schema_keys(method: str = "vit") -> dict[str, Any]:
+    """Dotted key -> type, for every key a run of `method` accepts."""
+    return _schema_keys(config_schema(method))
+
+
+@functools.cache
+def _free_form(method: str) -> frozenset[str]:
+    return frozenset(_free_form_keys(config_schema(method)))
+
+
+def key_owners(key: str) -> list[str]:
+    """The methods whose schema has `key` (a key or a section)."""
+    return [name for name in method_names() if key in schema_keys(name)]
 
 
 # Names users try for a key whose spelling is nothing like them (difflib would pick another key).
@@ -322,25 +326,57 @@ KEY_ALIASES = {
 }
 
 
-def _unknown_key_error(key: str, origin: str) -> ConfigError:
+def _unknown_key_error(key: str, origin: str, valid: dict[str, Any] | list[str]) -> ConfigError:
     parent = key.rsplit(".", 1)[0] if "." in key else ""
-    siblings = [k for k in VALID_KEYS if (k.rsplit(".", 1)[0] if "." in k else "") == parent]
+    siblings = [k for k in valid if (k.rsplit(".", 1)[0] if "." in k else "") == parent]
     close = [KEY_ALIASES[key]] if key in KEY_ALIASES else difflib.get_close_matches(
         key, siblings, n=1, cutoff=0.5
-    ) or difflib.get_close_matches(key, list(VALID_KEYS), n=1, cutoff=0.6)
+    ) or difflib.get_close_matches(key, list(valid), n=1, cutoff=0.6)
     hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys here: {', '.join(sorted(siblings))}"
     return ConfigError(f"unknown config key '{key}' ({origin}){hint}")
 
 
-def _check_keys(tree: Any, origin: str, prefix: str = "") -> None:
+def _check_keys(tree: Any, origin: str, method: str, prefix: str = "") -> None:
     if not isinstance(tree, dict):
         return
+    valid = schema_keys(method)
     for key, value in tree.items():
         dotted = f"{prefix}{key}"
-        if dotted not in VALID_KEYS:
-            raise _unknown_key_error(dotted, origin)
-        if dotted not in FREE_FORM:
-            _check_keys(value, origin, dotted + ".")
+        if dotted not in valid:
+            owners = key_owners(dotted)
+            if owners:
+                raise ConfigError(f"config key '{dotted}' ({origin}) is an option of method "
+                                  f"{', '.join(owners)}, not of model.method='{method}'")
+            raise _unknown_key_error(dotted, origin, valid)
+        if dotted not in _free_form(method):
+            _check_keys(value, origin, method, dotted + ".")
+
+
+def _without_foreign_keys(tree: dict, method: str) -> dict:
+    """`tree` without the model keys that belong to other methods only. Checkpoints and run configs
+    written before methods owned their sections carry every method's section."""
+    valid = schema_keys(method)
+
+    def prune(node: Any, prefix: str) -> Any:
+        if not isinstance(node, dict) or prefix in _free_form(method):
+            return node
+        return {key: prune(value, f"{prefix}.{key}") for key, value in node.items()
+                if f"{prefix}.{key}" in valid or not key_owners(f"{prefix}.{key}")}
+
+    if not isinstance(tree.get("model"), dict):
+        return tree
+    return {**tree, "model": prune(tree["model"], "model")}
+
+
+def _method_of(layers: list[tuple[str, dict]]) -> str:
+    """`model.method` as the last layer that sets it has it ("vit" when none does)."""
+    method = "vit"
+    for _, tree in layers:
+        model = tree.get("model")
+        if isinstance(model, dict) and "method" in model:
+            method = model["method"]
+    get_method(str(method))  # an unknown name stops here, with the known ones
+    return str(method)
 
 
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[str, dict]]:
@@ -421,18 +457,19 @@ def _dotlist_to_tree(overrides: list[str]) -> list[tuple[str, dict]]:
     return layers
 
 
-def _merge_layer(base: DictConfig, origin: str, tree: dict) -> DictConfig:
-    _check_keys(tree, origin)
+def _merge_layer(base: DictConfig, origin: str, tree: dict, method: str) -> DictConfig:
+    _check_keys(tree, origin, method)
     try:
         return OmegaConf.merge(base, tree)
     except OmegaConfBaseException as err:
         # An element of a list ('data.mean[0]') is reported as the list, the schema's unit.
         key = (getattr(err, "full_key", None) or "?").split("[")[0]
         got = _value_in(tree, key)
-        if key not in VALID_KEYS or got is _ABSENT:  # OmegaConf's first line, without its internals
+        valid = schema_keys(method)
+        if key not in valid or got is _ABSENT:  # OmegaConf's first line, without its internals
             raise ConfigError(f"bad value ({origin}): {str(err).splitlines()[0]}") from None
         shown = "null" if got is None else f"{got!r} ({type(got).__name__})"
-        raise ConfigError(f"bad value for config key '{key}' ({origin}): expected {VALID_KEYS[key]}, got {shown}") from None
+        raise ConfigError(f"bad value for config key '{key}' ({origin}): expected {valid[key]}, got {shown}") from None
 
 
 _ABSENT = object()
@@ -447,9 +484,15 @@ def _value_in(tree: dict, key: str) -> Any:
     return node
 
 
-def _compose(base: DictConfig, layers: list[tuple[str, dict]]) -> Config:
-    for origin, tree in layers:
-        base = _merge_layer(base, origin, tree)
+def _compose(layers: list[tuple[str, dict]], saved: int = 0) -> Config:
+    """Merge `layers` onto the schema of the method they select; the first `saved` layers are
+    configs fgir wrote (a checkpoint's, a run's), whose other methods' sections are dropped."""
+    method = _method_of(layers)
+    base = OmegaConf.structured(config_schema(method))
+    for index, (origin, tree) in enumerate(layers):
+        if index < saved:
+            tree = _without_foreign_keys(tree, method)
+        base = _merge_layer(base, origin, tree, method)
     config: Config = OmegaConf.to_object(base)  # type: ignore[assignment]
     validate(config)
     return config
@@ -458,22 +501,24 @@ def _compose(base: DictConfig, layers: list[tuple[str, dict]]) -> Config:
 def load_config(sources: ConfigSources = None, overrides: list[str] | None = None) -> Config:
     """Build a validated Config from config sources (a YAML file or recipe name, or a list of them,
     later ones winning) and `key=value` overrides on top."""
-    return _compose(OmegaConf.structured(Config), _read_sources(sources) + _dotlist_to_tree(list(overrides or [])))
+    return _compose(_read_sources(sources) + _dotlist_to_tree(list(overrides or [])))
+
+
+def load_saved_config(path: str | os.PathLike, overrides: list[str] | None = None) -> Config:
+    """A config.yaml that a run saved, with `key=value` overrides checked as on the command line."""
+    layers = _read_yaml(Path(path))
+    return _compose(layers + _dotlist_to_tree(list(overrides or [])), saved=len(layers))
 
 
 def apply_overrides(config: Config, overrides: list[str]) -> Config:
     """`key=value` overrides on top of an existing config, checked as on the command line."""
-    return _compose(OmegaConf.structured(config), _dotlist_to_tree(overrides))
+    return _compose([("config", to_dict(config)), *_dotlist_to_tree(overrides)], saved=1)
 
 
 POSITIVE = ("train.lr", "train.epochs", "train.grad_accum_steps", "train.eval_every", "train.max_bad_steps",
-            "data.image_size", "data.batch_size", "data.eval_batch_size", "data.resize_ratio", "data.max_image_pixels",
-            "model.glsim.top_o",
-            "model.ifa.temperature", "model.ifa.exclusion_distance",
-            "model.peft.bottleneck", "model.peft.prompt_length", "model.peft.lora_rank", "model.peft.lora_alpha")
+            "data.image_size", "data.batch_size", "data.eval_batch_size", "data.resize_ratio", "data.max_image_pixels")
 NON_NEGATIVE = ("train.warmup_steps", "train.weight_decay", "train.grad_clip", "train.min_lr", "train.warmup_lr",
-                "train.checkpoint_every_steps",
-                "model.ifa.exclusion_weight")
+                "train.checkpoint_every_steps")
 
 
 def _value(config: Config, key: str) -> Any:
@@ -484,30 +529,22 @@ def _value(config: Config, key: str) -> Any:
 
 
 def validate(config: Config) -> None:
-    """Reject values no run could use, before any work starts."""
+    """Reject values no run could use, before any work starts. A method's own section checks
+    itself when it is made (`fgir.config_fields.MethodSection`)."""
     # YAML reads a bare on / off as a boolean, which this str key receives as 'True' / 'False'.
     config.data.preflight = {"True": "on", "False": "off"}.get(config.data.preflight, config.data.preflight)
     for key, allowed in CHOICES.items():
-        value = _value(config, key)
-        if value not in allowed:
-            close = difflib.get_close_matches(str(value), allowed, n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise ConfigError(f"config key '{key}' must be one of {', '.join(allowed)}, got '{value}'{hint}")
+        one_of(key, _value(config, key), allowed)
     for key in POSITIVE:
-        if not _value(config, key) > 0:
-            raise ConfigError(f"config key '{key}' must be > 0, got {_value(config, key)}")
+        positive(key, _value(config, key))
     if config.train.layer_decay is not None and not 0 < config.train.layer_decay <= 1:
         raise ConfigError(f"config key 'train.layer_decay' must be in (0, 1] or null, got {config.train.layer_decay}")
     if config.train.lr_base_batch is not None and config.train.lr_base_batch < 1:
         raise ConfigError(f"config key 'train.lr_base_batch' must be >= 1 or null, got {config.train.lr_base_batch}")
     for key in NON_NEGATIVE:
-        if _value(config, key) < 0:
-            raise ConfigError(f"config key '{key}' must be >= 0, got {_value(config, key)}")
-    for key in ("model.peft.dropout", "model.peft.prompt_dropout", "model.peft.lora_dropout"):
-        if not 0 <= _value(config, key) < 1:
-            raise ConfigError(f"config key '{key}' must be in [0, 1), got {_value(config, key)}")
-    if not 0 <= config.train.label_smoothing < 1:
-        raise ConfigError(f"config key 'train.label_smoothing' must be in [0, 1), got {config.train.label_smoothing}")
+        non_negative(key, _value(config, key))
+    fraction("train.label_smoothing", config.train.label_smoothing)
+    _check_backbone(config.model.backbone)
     if not 0 <= config.data.color_jitter <= 0.5:
         raise ConfigError(f"config key 'data.color_jitter' must be in [0, 0.5] (hue jitter is at most 0.5), "
                           f"got {config.data.color_jitter}")
@@ -522,12 +559,24 @@ def validate(config: Config) -> None:
         raise ConfigError("config keys 'data.mean' and 'data.std' must have 3 values (RGB)")
 
 
+def _check_backbone(name: str) -> None:
+    """A timm name (any method's backbone, ViT or CNN), checked before any work."""
+    from fgir.models.weights import ModelNameError, require_known  # timm: only when a config is validated
+
+    try:
+        require_known(name)
+    except ModelNameError as err:
+        raise ConfigError(f"config key 'model.backbone': {err}") from None
+
+
 def to_dict(config: Config) -> dict:
     return OmegaConf.to_container(OmegaConf.structured(config), resolve=True)  # type: ignore[return-value]
 
 
 def from_dict(tree: dict, origin: str = "checkpoint") -> Config:
-    return _compose(OmegaConf.structured(Config), [(origin, tree)])
+    """A config that fgir saved (a checkpoint's or a run's); sections of other methods, which
+    older versions saved with every run, are dropped."""
+    return _compose([(origin, tree)], saved=1)
 
 
 # Keys that name files or folders. data.image_dir, the split names and data.class_names are relative
@@ -562,17 +611,20 @@ __all__ = [
     "ConfigError",
     "DataConfig",
     "HFDataConfig",
-    "GLSimConfig",
-    "IFAConfig",
     "LongTailConfig",
     "ModelConfig",
     "SyntheticConfig",
     "TrainConfig",
     "absolute_path",
     "apply_overrides",
+    "config_schema",
     "from_dict",
     "load_config",
+    "load_saved_config",
+    "model_config",
+    "model_schema",
     "save_config",
+    "schema_keys",
     "to_dict",
     "validate",
     "with_absolute_paths",

@@ -4,7 +4,9 @@ key of the schema means (`fgir config keys`).
 Origins are found by replaying the layers `load_config` merges (schema defaults, then each config
 source's included files and the file itself, command-line overrides, lowest precedence first) and
 recording the last layer that sets each leaf; the values themselves come from `load_config`, so
-both commands describe exactly what a run would use. Help text is read from the source of the schema's dataclasses: the
+both commands describe exactly what a run would use. `config keys` lists every method's keys, naming
+the methods that own a key that not all of them have. Help text is read from the source of the
+schema's dataclasses: the
 comment lines above a field and the comment at the end of its line, and a nested section's class
 docstring, so a dataclass documents its keys where they are defined.
 """
@@ -31,9 +33,12 @@ from fgir.config import (
     _nested_dataclass,
     _read_sources,
     _unknown_key_error,
+    config_schema,
     load_config,
     to_dict,
 )
+from fgir.config_fields import MethodSection
+from fgir.methods import method_names
 from fgir.recipes import ROOT as RECIPES
 
 DEFAULT_ORIGIN = "default"
@@ -107,6 +112,7 @@ class KeyHelp:
     default: str  # as written in YAML, e.g. "null"; "" for a section
     help: str  # from the source comments (a section: its class docstring); "" when there is none
     choices: tuple[str, ...] = ()  # the values `validate` accepts, when the key has a fixed set
+    methods: tuple[str, ...] = ()  # the methods that have this key; () for a key of every method
 
 
 def schema_help(schema: type = Config, prefix: str = "") -> list[KeyHelp]:
@@ -122,14 +128,39 @@ def schema_help(schema: type = Config, prefix: str = "") -> list[KeyHelp]:
             continue
         default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
         annotation = f.type if isinstance(f.type, str) else inspect.formatannotation(f.type)
-        entries.append(KeyHelp(key, annotation, flow_yaml(default), comments.get(f.name, ""), CHOICES.get(key, ())))
+        choices = schema.CHOICES.get(f.name, ()) if issubclass(schema, MethodSection) else CHOICES.get(key, ())
+        entries.append(KeyHelp(key, annotation, flow_yaml(default), comments.get(f.name, ""), choices))
     return entries
 
 
+def config_help() -> list[KeyHelp]:
+    """Every key of every method's schema, once, naming the methods that own it: the shared keys,
+    then the methods' sections in registration order, each under its top-level section."""
+    entries: dict[str, KeyHelp] = {}
+    owners: dict[str, list[str]] = {}
+    names = method_names()
+    for method in names:
+        for entry in schema_help(config_schema(method)):
+            entries.setdefault(entry.key, entry)
+            owners.setdefault(entry.key, []).append(method)
+    top = [f.name for f in dataclasses.fields(Config)]
+    ordered = sorted(entries.values(), key=lambda entry: top.index(entry.key.split(".")[0]))  # stable
+    return [dataclasses.replace(entry, methods=() if len(owners[entry.key]) == len(names) else tuple(owners[entry.key]))
+            for entry in ordered]
+
+
 def field_comments(schema: type) -> dict[str, str]:
-    """The comment of each field of a class, from its source: the comment lines directly above the
-    field, then the comment at the end of its line(s), joined into one line. Fields without either
-    are left out; so is everything when the source cannot be read."""
+    """The comment of each field of a class and of the classes it extends, from their source: the
+    comment lines directly above the field, then the comment at the end of its line(s), joined into
+    one line. Fields without either are left out; so is every class whose source cannot be read."""
+    out: dict[str, str] = {}
+    for cls in reversed(schema.__mro__[:-1]):  # a subclass's comment wins
+        if dataclasses.is_dataclass(cls):
+            out.update(_own_field_comments(cls))
+    return out
+
+
+def _own_field_comments(schema: type) -> dict[str, str]:
     try:
         source = textwrap.dedent(inspect.getsource(schema))
     except (OSError, TypeError):
@@ -169,14 +200,15 @@ def format_keys(entries: list[KeyHelp], prefix: str = "", width: int = 100) -> s
     prefix = prefix.rstrip(".")
     chosen = [e for e in entries if not prefix or e.key == prefix or e.key.startswith(prefix + ".")]
     if not chosen:
-        raise _unknown_key_error(prefix, "fgir config keys")
+        raise _unknown_key_error(prefix, "fgir config keys", [entry.key for entry in entries])
     lines = []
     for entry in chosen:
+        methods = f"  [method {', '.join(entry.methods)}]" if entry.methods else ""
         if entry.type == "section":
-            lines += [""] * bool(lines) + [f"{entry.key}: section"]
+            lines += [""] * bool(lines) + [f"{entry.key}: section{methods}"]
         else:
             choices = f"  ({' | '.join(entry.choices)})" if entry.choices else ""
-            lines.append(f"{entry.key}: {entry.type} = {entry.default}{choices}")
+            lines.append(f"{entry.key}: {entry.type} = {entry.default}{choices}{methods}")
         if entry.help and entry.help != " | ".join(entry.choices):  # a comment listing the choices says no more
             lines += textwrap.wrap(entry.help, width, initial_indent="    ", subsequent_indent="    ",
                                    break_on_hyphens=False)

@@ -9,6 +9,10 @@ class FgirError(Exception):
         super().__init__(*_without_worker_traceback(type(self), args))
 
 
+class ConfigError(FgirError, ValueError):
+    """A configuration that cannot be used; the message names the offending key or file."""
+
+
 def _without_worker_traceback(cls: type, args: tuple) -> tuple:
     """A DataLoader re-raises a worker's exception as `cls(text)`, the text holding the worker's whole
     traceback ("Caught <cls> in DataLoader worker process 0. Original Traceback ...", ending with

@@ -9,9 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from fgir.config import Config, DataConfig, GLSimConfig, ModelConfig
+from fgir.config import Config, DataConfig, model_config
 from fgir.engine.checkpoint import save_checkpoint
-from fgir.models.factory import build_model
+from fgir.methods import build_model
+from fgir.models.glsim import GLSimConfig
 
 # Six classes so that the top 5 leaves one out; names as users see them, parentheses and unicode too.
 CLASS_NAMES = ["Hatsune Miku", "Akemi Homura", "Edelgard von Hresvelgr (Fire Emblem)", "Saber (Fate)",
@@ -21,9 +22,9 @@ CLASS_NAMES = ["Hatsune Miku", "Akemi Homura", "Edelgard von Hresvelgr (Fire Emb
 def tiny_config(method: str, root) -> Config:
     data = DataConfig(name="toy", format="csv", root=str(root), num_classes=len(CLASS_NAMES), image_size=32,
                       resize_ratio=1.25)
-    model = ModelConfig(method=method, backbone="vit_tiny_patch16_224", pretrained=False,
-                        backbone_args={"patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2},
-                        glsim=GLSimConfig(top_o=4))
+    own = {"glsim": GLSimConfig(top_o=4)} if method == "glsim" else {}
+    model = model_config(method, backbone="vit_tiny_patch16_224", pretrained=False,
+                         backbone_args={"patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}, **own)
     return Config(data=data, model=model)
 
 

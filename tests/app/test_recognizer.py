@@ -47,7 +47,7 @@ def test_glsim_answer_is_the_models_top5_with_its_similarity_map_and_crop(glsim_
 def test_a_plain_vit_gets_its_last_layer_cls_attention_and_no_crop(vit_checkpoint, picture):
     path, model = vit_checkpoint
     recognizer = Recognizer.from_checkpoint(path, device="cpu")
-    assert not recognizer.is_glsim and recognizer.examples == []  # the dataset is not on disk
+    assert not recognizer.explains and recognizer.examples == []  # the dataset is not on disk
     answer = recognizer.answer(picture, "picture.png")
     batch, shown = model_input(path, picture)
     expected = overlay(shown, normalised_upsampled(last_layer_cls_attention(model.backbone, batch)[0]))

@@ -19,7 +19,7 @@ from fgir.engine.checkpoint import (
     restore_model,
     save_checkpoint,
 )
-from fgir.models.factory import build_model
+from fgir.methods import build_model
 from fgir.models.weights import create_vit
 from fgir.tools.merge_lora import save_merged_lora
 

@@ -74,7 +74,7 @@ def test_an_existing_run_is_not_overwritten(tiny_config):
 def test_one_optimizer_step_lowers_the_loss(tiny_config):
     from fgir.engine.losses import classification_loss
     from fgir.engine.optim import build_optimizer
-    from fgir.models.factory import build_model
+    from fgir.methods import build_model
 
     config = tiny_config("model.zero_init_head=false", "train.optimizer=sgd", "train.lr=0.05")
     torch.manual_seed(0)

@@ -1,5 +1,5 @@
 """Trainer features around the loop: unreadable images (data.on_error), the generic model hooks
-(auxiliary loss, trainable-parameter report), initialising from another run (train.init_from,
+(extra loss, trainable-parameter report), initialising from another run (train.init_from,
 train.init_new_head) and the checks made before any work."""
 
 import json
@@ -57,7 +57,7 @@ def test_by_default_an_unreadable_image_stops_training_naming_it(tiny_config):
 
 
 class WithAuxiliaryLoss(nn.Module):
-    """A model with an extra parameter that only the auxiliary loss reaches, and a frozen part."""
+    """A model with an extra parameter that only the extra loss reaches, and a frozen part."""
 
     def __init__(self, inner: nn.Module):
         super().__init__()
@@ -69,12 +69,12 @@ class WithAuxiliaryLoss(nn.Module):
     def forward(self, images):
         return self.inner(images)
 
-    def auxiliary_loss(self):
+    def extra_loss(self, logits, targets):
         self.calls += 1
         return (self.extra - 1.0) ** 2
 
 
-def test_the_auxiliary_loss_trains_and_frozen_parameters_are_reported_and_kept(tiny_config, monkeypatch, capsys):
+def test_the_extra_loss_trains_and_frozen_parameters_are_reported_and_kept(tiny_config, monkeypatch, capsys):
     built = []
 
     def build(*args, **kwargs):
@@ -89,7 +89,7 @@ def test_the_auxiliary_loss_trains_and_frozen_parameters_are_reported_and_kept(t
     result = train(config, progress=False)
     model = built[0]
     assert model.calls == 4  # once per training forward
-    assert 0 < model.extra.item() <= 1  # only the auxiliary loss gives it a gradient
+    assert 0 < model.extra.item() <= 1  # only the extra loss gives it a gradient
     state = load_checkpoint(result.run_dir / "checkpoints" / "last.safetensors").model_state
     frozen_name = next(name for name, p in model.named_parameters() if not p.requires_grad)
     assert torch.equal(state[frozen_name], frozen_before)  # the optimizer never saw it
@@ -123,5 +123,7 @@ def test_patch_checks_happen_before_any_work(tiny_config):
         train(tiny_config("model.method=glsim", "model.glsim.top_o=17"), progress=False)
     with pytest.raises(ConfigError, match="data.image_size=36 is not divisible by the patch size 8x8"):
         check_before_work(tiny_config("data.image_size=36"))
-    with pytest.raises(ConfigError, match="model.backbone='vit_nonexistent' .* cannot be built"):
-        check_before_work(tiny_config("model.backbone=vit_nonexistent"))
+    with pytest.raises(ConfigError, match="model.backbone='vit_tiny_patch16_224' .* cannot be built"):
+        check_before_work(tiny_config("model.backbone_args.no_such_argument=1"))
+    with pytest.raises(ConfigError, match="config key 'model.backbone': unknown timm model 'vit_nonexistent'"):
+        tiny_config("model.backbone=vit_nonexistent")  # refused as the config loads

@@ -24,11 +24,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from conftest import TINY, TINY_VIT, all_methods, save_random_vit
-from fgir.config import Config, ModelConfig, PeftConfig, load_config
+from fgir.config import Config, ModelConfig, load_config
 from fgir.engine.checkpoint import restore_model, save_checkpoint
+from fgir.methods import build_backbone, build_model
+from fgir.methods.capabilities import HasFrozenBackbone
 from fgir.models.backbone import Backbone
-from fgir.models.factory import build_backbone, build_model
-from fgir.models.peft.freezing import FrozenBackboneModel
+from fgir.models.peft.freezing import FrozenBackboneConfig
 from fgir.tools.attention import attention_matrices, recorded_attention
 from fgir.tools.explain import explanation_panels
 
@@ -43,7 +44,7 @@ def build(config: ModelConfig) -> nn.Module:
 
 def has_frozen_backbone(model: nn.Module) -> bool:
     """The capability a frozen-backbone method declares (its checkpoints are adapter-only)."""
-    return isinstance(model, FrozenBackboneModel)
+    return isinstance(model, HasFrozenBackbone)
 
 
 def never(name: str) -> bool:
@@ -176,7 +177,7 @@ def pretrained_names(model: nn.Module, config: ModelConfig) -> dict[str, str]:
     return names
 
 
-def trained_by_peft(timm_name: str, peft: PeftConfig) -> bool:
+def trained_by_peft(timm_name: str, peft: FrozenBackboneConfig) -> bool:
     """The backbone parameters `model.peft` lets a frozen backbone train."""
     return ((timm_name == "cls_token" and peft.train_cls_token) or (timm_name == "pos_embed" and peft.train_pos_embed)
             or (timm_name.startswith("norm.") and peft.train_norm))

@@ -4,10 +4,10 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from fgir.config import load_config
+from fgir.config import ConfigError, load_config
+from fgir.methods import build_model
 from fgir.models.cnn import CNNClassifier
-from fgir.models.factory import build_model
-from fgir.models.weights import InvalidWeightsError, ModelNameError
+from fgir.models.weights import InvalidWeightsError
 
 # A ResNet-18 layout shrunk to one block per stage and 8..64 channels: 91 k parameters.
 TINY_RESNET = {"layers": [1, 1, 1, 1], "channels": [8, 16, 32, 64], "stem_width": 8}
@@ -61,9 +61,9 @@ def test_a_weight_file_of_another_network_is_refused(tmp_path):
         build_model(cnn_config("model.pretrained=true", f"model.weights={path}").model, CLASSES, image_size=32)
 
 
-def test_unknown_network_name_suggests_close_ones():
-    with pytest.raises(ModelNameError, match="unknown timm model 'resnet51'; did you mean .*resnet50"):
-        build_model(cnn_config("model.backbone=resnet51").model, CLASSES, image_size=32)
+def test_unknown_network_name_suggests_close_ones_when_the_config_loads():
+    with pytest.raises(ConfigError, match="config key 'model.backbone': unknown timm model 'resnet51'; did you mean .*resnet50"):
+        cnn_config("model.backbone=resnet51")
 
 
 def test_training_steps_lower_the_loss():

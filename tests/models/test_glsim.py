@@ -8,10 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from conftest import tiny_backbone
-from fgir.config import GLSimConfig
 from fgir.models.backbone import Backbone
 from fgir.models.gls import boxes_from_indices, crop_and_resize, gls_scores, selection_flops
-from fgir.models.glsim import GLSim
+from fgir.models.glsim import GLSim, GLSimConfig
 
 
 def tiny_glsim(num_classes: int = 5, backbone: Backbone | None = None, **config) -> GLSim:

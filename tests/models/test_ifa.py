@@ -5,9 +5,9 @@ import torch
 import torch.nn.functional as F
 
 from conftest import tiny_backbone
-from fgir.config import ConfigError, IFAConfig, load_config
-from fgir.models.factory import build_model
-from fgir.models.ifa import IFAClassifier, layer_exclusion
+from fgir.config import ConfigError, load_config
+from fgir.methods import build_model
+from fgir.models.ifa import IFAClassifier, IFAConfig, layer_exclusion
 
 CLASSES = 5
 
@@ -60,20 +60,20 @@ def test_exclusion_loss_equals_sum_of_kl_divergences():
     assert layer_exclusion(torch.ones(2, 8, 3), 1.0, 2) == 0  # identical layers: nothing to reward
 
 
-def test_auxiliary_loss_is_the_weighted_exclusion_subtracted_in_training_only():
+def test_extra_loss_is_the_weighted_exclusion_subtracted_in_training_only():
     model = make(depth=4, exclusion_loss=True, exclusion_weight=0.01, temperature=2.0, exclusion_distance=2)
     images = torch.randn(3, 3, 32, 32)
     model.train()
     model(images)
     expected = -0.01 * 2.0**2 * layer_exclusion(model.layer_cls(images), 2.0, 2)
-    torch.testing.assert_close(model.auxiliary_loss(), expected)
-    assert model.auxiliary_loss() < 0
+    torch.testing.assert_close(model.extra_loss(None, None), expected)
+    assert model.extra_loss(None, None) < 0
     model.eval()
     model(images)
-    assert model.auxiliary_loss() is None
+    assert model.extra_loss(None, None) is None
     plain = make(exclusion_loss=False).train()
     plain(images)
-    assert plain.auxiliary_loss() is None
+    assert plain.extra_loss(None, None) is None
 
 
 def test_training_steps_lower_the_loss():
@@ -83,7 +83,7 @@ def test_training_steps_lower_the_loss():
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
 
     def loss() -> torch.Tensor:
-        return F.cross_entropy(model(images), labels) + model.auxiliary_loss()
+        return F.cross_entropy(model(images), labels) + model.extra_loss(None, None)
 
     first = loss()
     for _ in range(10):
@@ -104,7 +104,7 @@ def test_built_by_name_from_a_config():
     with pytest.raises(ConfigError, match="model.ifa.exclusion_distance=2 leaves no pair of layers among the 2 blocks"):
         build_model(dataclasses.replace(config.model, ifa=IFAConfig(exclusion_loss=True)), CLASSES, 32)
     with pytest.raises(ConfigError, match="config key 'model.ifa.temperature' must be > 0, got 0.0"):
-        load_config(None, ["model.ifa.temperature=0"])
+        load_config(None, ["model.method=vit_ifa", "model.ifa.temperature=0"])
 
 
 def test_a_backbone_without_cls_token_is_refused():

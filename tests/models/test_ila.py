@@ -5,9 +5,9 @@ import torch
 from torch.nn import functional as F
 
 from conftest import tiny_backbone
-from fgir.config import ConfigError, ModelConfig, PeftConfig
+from fgir.config import ConfigError, model_config
 from fgir.models.backbone import Backbone
-from fgir.models.ila import InterLayerAdapter, build_ila, build_ila_plus, build_ila_pp
+from fgir.models.ila import ILAConfig, InterLayerAdapter, build_ila, build_ila_plus, build_ila_pp
 from fgir.models.peft.freezing import trainable_report
 
 SPEC_DS_ILA = {  # spec/ila.md, D=768, d=8
@@ -55,7 +55,7 @@ def test_module_parameter_counts_match_the_spec():
 )
 def test_trainable_parameters_per_task_besides_the_head_match_the_spec(build, expected):
     with torch.device("meta"):
-        model = build(vit_b16(224), 80, ModelConfig())
+        model = build(vit_b16(224), 80, model_config("ila"))
     head = 768 * 80 + 80
     assert trainable_report(model).trainable - head == expected
     assert round(expected / 1000, 1) in {41.3, 174.6, 354.8}
@@ -64,7 +64,7 @@ def test_trainable_parameters_per_task_besides_the_head_match_the_spec(build, ex
 @pytest.mark.parametrize(("size", "tokens"), [(224, [197, 145, 101]), (448, [785, 677, 577])])
 def test_token_counts_of_vit_b16_shrink_after_blocks_3_and_7(size, tokens):
     with torch.device("meta"):
-        model = build_ila(vit_b16(size), 10, ModelConfig()).eval()
+        model = build_ila(vit_b16(size), 10, model_config("ila")).eval()
     seen = []
     for block in model.backbone.blocks:
         block.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[1]))
@@ -151,7 +151,7 @@ def test_ila_equals_the_spec_computed_token_by_token(downsample):
 
 def test_rectangular_grid_through_a_whole_model():
     backbone = tiny_backbone(img_size=(48, 80), depth=3)  # patch 8: 6x10 grid
-    model = build_ila(backbone, 3, ModelConfig(peft=PeftConfig(ila_ds_layers=[0, 1]))).eval()
+    model = build_ila(backbone, 3, model_config("ila", peft=ILAConfig(ila_ds_layers=[0, 1]))).eval()
     seen = []
     for block in backbone.blocks:
         block.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[1]))
@@ -162,7 +162,7 @@ def test_rectangular_grid_through_a_whole_model():
 
 def test_register_tokens_travel_with_the_cls_token():
     backbone = tiny_backbone(img_size=48, depth=2, reg_tokens=2)
-    model = build_ila(backbone, 3, ModelConfig(peft=PeftConfig(ila_ds_layers=[0]))).eval()
+    model = build_ila(backbone, 3, model_config("ila", peft=ILAConfig(ila_ds_layers=[0]))).eval()
     seen = []
     backbone.blocks[1].register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[1]))
     assert model(torch.randn(2, 3, 48, 48)).shape == (2, 3)
@@ -171,7 +171,7 @@ def test_register_tokens_travel_with_the_cls_token():
 
 def test_models_without_cls_token_have_no_prefix_projection():
     backbone = tiny_backbone(img_size=48, depth=2, class_token=False, global_pool="avg")
-    model = build_ila(backbone, 3, ModelConfig(peft=PeftConfig(ila_ds_layers=[0]))).eval()
+    model = build_ila(backbone, 3, model_config("ila", peft=ILAConfig(ila_ds_layers=[0]))).eval()
     assert model.inter_layer["0"].prefix_proj is None
     assert model(torch.randn(2, 3, 48, 48)).shape == (2, 3)
 
@@ -179,8 +179,8 @@ def test_models_without_cls_token_have_no_prefix_projection():
 def test_frozen_backbone_stays_in_eval_mode_while_ila_batchnorms_learn_statistics():
     torch.manual_seed(0)
     backbone = tiny_backbone(img_size=48, depth=2, drop_rate=0.5, proj_drop_rate=0.5, drop_path_rate=0.5)
-    peft = PeftConfig(ila_ds_layers=[0], dropout=0.0)
-    model = build_ila_plus(backbone, 3, ModelConfig(zero_init_head=False, peft=peft)).train()
+    peft = ILAConfig(ila_ds_layers=[0], dropout=0.0)
+    model = build_ila_plus(backbone, 3, model_config("ila", zero_init_head=False, peft=peft)).train()
     assert not any(module.training for module in backbone.modules())
     ila_modules = list(model.inter_layer.modules())
     assert all(module.training for module in ila_modules)
@@ -198,7 +198,7 @@ def test_frozen_backbone_stays_in_eval_mode_while_ila_batchnorms_learn_statistic
     following = build_ila(
         copy.deepcopy(backbone),
         3,
-        ModelConfig(zero_init_head=False, peft=PeftConfig(ila_ds_layers=[0], frozen_eval=False)),
+        model_config("ila", zero_init_head=False, peft=ILAConfig(ila_ds_layers=[0], frozen_eval=False)),
     )
     following.train()
     assert not torch.equal(following(images), following(images))  # frozen_eval=False: backbone dropout on
@@ -207,29 +207,29 @@ def test_frozen_backbone_stays_in_eval_mode_while_ila_batchnorms_learn_statistic
 @pytest.mark.parametrize(
     ("peft", "message"),
     [
-        (PeftConfig(ila_ds_layers=[0, 4]), r"model.peft.ila_ds_layers: block indices \[4\] outside 0..3"),
+        (ILAConfig(ila_ds_layers=[0, 4]), r"model.peft.ila_ds_layers: block indices \[4\] outside 0..3"),
         (
-            PeftConfig(ila_ds_layers=[1, 1]),
+            ILAConfig(ila_ds_layers=[1, 1]),
             r"model.peft.ila_ds_layers: block indices \[1\] given more than once",
         ),
         (
-            PeftConfig(ila_ds_layers=[1], ila_layers=[-1]),
+            ILAConfig(ila_ds_layers=[1], ila_layers=[-1]),
             r"model.peft.ila_layers: block indices \[-1\] outside",
         ),
         (
-            PeftConfig(ila_ds_layers=[1, 2], ila_layers=[0, 2]),
+            ILAConfig(ila_ds_layers=[1, 2], ila_layers=[0, 2]),
             r"ila_layers and model.peft.ila_ds_layers both place an ILA after blocks \[2\]",
         ),
     ],
 )
 def test_bad_placements_are_config_errors(peft, message):
     with pytest.raises(ConfigError, match=message):
-        build_ila_plus(tiny_backbone(img_size=48, depth=4), 3, ModelConfig(peft=peft))
+        build_ila_plus(tiny_backbone(img_size=48, depth=4), 3, model_config("ila", peft=peft))
 
 
 def test_explicit_same_resolution_placement():
-    peft = PeftConfig(ila_ds_layers=[1], ila_layers=[0, 3])
-    model = build_ila_plus(tiny_backbone(img_size=48, depth=4), 3, ModelConfig(peft=peft))
+    peft = ILAConfig(ila_ds_layers=[1], ila_layers=[0, 3])
+    model = build_ila_plus(tiny_backbone(img_size=48, depth=4), 3, model_config("ila", peft=peft))
     assert {key: module.downsample for key, module in model.inter_layer.items()} == {
         "0": False,
         "1": True,
@@ -239,7 +239,7 @@ def test_explicit_same_resolution_placement():
 
 def test_a_grid_too_small_to_down_sample_is_an_error():
     model = build_ila(
-        tiny_backbone(img_size=32, depth=3), 3, ModelConfig(peft=PeftConfig(ila_ds_layers=[0, 1]))
+        tiny_backbone(img_size=32, depth=3), 3, model_config("ila", peft=ILAConfig(ila_ds_layers=[0, 1]))
     )
     with pytest.raises(ValueError, match=r"needs a patch grid of at least 3x3, got 2x2"):
         model(torch.randn(1, 3, 32, 32))  # 4x4 -> 2x2 -> too small

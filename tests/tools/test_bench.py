@@ -5,10 +5,11 @@ import pytest
 import torch
 
 from conftest import AotEagerCompiler
-from fgir.config import Config, ConfigError, DataConfig, ModelConfig
+from fgir.config import Config, ConfigError, DataConfig, ModelConfig, model_config
 from fgir.engine.checkpoint import save_checkpoint
-from fgir.models.factory import build_model
+from fgir.methods import build_model
 from fgir.models.gls import selection_flops
+from fgir.models.peft.vpt import VPTConfig
 from fgir.tools.bench import benchmark, benchmark_target, count_flops
 
 PATCH, DIM, DEPTH, HEADS, IMAGE, CLASSES = 8, 32, 2, 2, 32, 5
@@ -108,7 +109,7 @@ def test_recipe_benchmark_applies_overrides_without_a_dataset(tmp_path):
 
 def test_glsim_report_breaks_out_the_selection_step():
     torch.manual_seed(0)
-    glsim = build_model(ModelConfig(**{**TINY.__dict__, "method": "glsim"}), CLASSES, IMAGE, pretrained=False)
+    glsim = build_model(model_config(**{**TINY.__dict__, "method": "glsim"}), CLASSES, IMAGE, pretrained=False)
     report = benchmark(glsim, image_size=IMAGE, **QUICK)
     selection = report["glsim_selection"]
     # One encoder pass is the plain ViT's forward without its head.
@@ -122,7 +123,7 @@ def test_glsim_report_breaks_out_the_selection_step():
 
 def test_flops_of_a_method_passing_parameters_between_modules():
     # VPT hands its prompt parameters to the blocks: FLOP counting must not trip over them.
-    config = ModelConfig(**{**TINY.__dict__, "method": "vpt_shallow", "peft": TINY.peft.__class__(prompt_length=4)})
+    config = model_config(**{**TINY.__dict__, "method": "vpt_shallow", "peft": VPTConfig(prompt_length=4)})
     torch.manual_seed(0)
     vpt = build_model(config, CLASSES, IMAGE, pretrained=False)
     plain = count_flops(tiny_model(), IMAGE, torch.device("cpu"))

@@ -19,7 +19,7 @@ from fgir.engine.metrics import (
     negative_log_likelihood,
     reliability_bins,
 )
-from fgir.models.factory import build_model
+from fgir.methods import build_model
 from fgir.tools import calibration
 from fgir.tools.calibration import (
     CALIBRATION_KEY,

@@ -15,7 +15,7 @@ from conftest import AotEagerCompiler
 from fgir.config import Config, ConfigError, DataConfig, ModelConfig
 from fgir.data import ImageReadError, build_transform, read_image
 from fgir.engine.checkpoint import save_checkpoint
-from fgir.models.factory import build_model
+from fgir.methods import build_model
 from fgir.tools import eval_report
 from fgir.tools.eval_report import evaluate_checkpoint
 

@@ -4,10 +4,11 @@ import torch
 from PIL import Image
 from timm.models.vision_transformer import VisionTransformer
 
-from fgir.config import Config, DataConfig, GLSimConfig, ModelConfig
+from fgir.config import Config, DataConfig, model_config
 from fgir.engine.checkpoint import save_checkpoint
+from fgir.methods import build_model
 from fgir.models.backbone import Backbone
-from fgir.models.factory import build_model
+from fgir.models.glsim import GLSimConfig
 from fgir.tools.attention import (
     attention_matrices,
     attention_rollout,
@@ -94,9 +95,9 @@ def test_rollout_rejects_a_discard_ratio_of_one():
 
 def tiny_model_config(method: str) -> Config:
     data = DataConfig(name="toy", format="csv", root=".", num_classes=3, image_size=32, resize_ratio=1.25)
-    model = ModelConfig(method=method, backbone="vit_tiny_patch16_224", pretrained=False,
-                        backbone_args={"patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2},
-                        glsim=GLSimConfig(top_o=4))
+    own = {"glsim": GLSimConfig(top_o=4)} if method == "glsim" else {}
+    model = model_config(method, backbone="vit_tiny_patch16_224", pretrained=False,
+                         backbone_args={"patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}, **own)
     return Config(data=data, model=model)
 
 

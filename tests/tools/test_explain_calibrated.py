@@ -13,7 +13,7 @@ from test_explain import tiny_model_config, write_images
 from fgir.config import DataConfig, SyntheticConfig
 from fgir.data.synthetic import class_names, ensure_synthetic
 from fgir.engine.checkpoint import save_checkpoint, update_metadata
-from fgir.models.factory import build_model
+from fgir.methods import build_model
 from fgir.tools import explain
 from fgir.tools.calibration import CALIBRATION_KEY
 from fgir.tools.explain import RIGHT, WRONG, explain_images, listed_labels

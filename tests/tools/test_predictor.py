@@ -11,7 +11,7 @@ from fgir.cli import main
 from fgir.config import Config, DataConfig, ModelConfig
 from fgir.data import ImageReadError, build_transform, read_image
 from fgir.engine.checkpoint import save_checkpoint
-from fgir.models.factory import build_model
+from fgir.methods import build_model
 from fgir.tools.predictor import ClassScore, Prediction, Predictor, format_predictions
 
 CLASS_NAMES = ["alpha", "beta", "gamma", "delta"]

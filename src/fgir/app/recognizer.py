@@ -21,8 +21,8 @@ from fgir.config import DataConfig
 from fgir.data import build_dataset
 from fgir.data.synthetic import is_generated
 from fgir.errors import FgirError
+from fgir.methods.capabilities import Explains
 from fgir.models.backbone import Backbone
-from fgir.models.glsim import GLSim
 from fgir.tools.attention import last_layer_cls_attention
 from fgir.tools.explain import heat_map
 from fgir.tools.predictor import Predictor
@@ -61,8 +61,9 @@ class Recognizer:
         return cls(predictor, predictor.data, example_images(predictor.data))
 
     @property
-    def is_glsim(self) -> bool:
-        return isinstance(self.predictor.model, GLSim)
+    def explains(self) -> bool:
+        """Whether the model offers its own explanation (GLSim: the GLS map and its crop)."""
+        return isinstance(self.predictor.model, Explains)
 
     def answer(self, path: str | os.PathLike, name: str) -> Answer:
         """Classify the upload at `path`; `name` is how errors refer to it (raises UploadError)."""
@@ -77,12 +78,16 @@ class Recognizer:
     def _where_it_looked(self, batch: torch.Tensor, shown: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
         model, size = self.predictor.model, batch.shape[-2:]
         backbone = getattr(model, "backbone", None)
-        if isinstance(model, GLSim):
+        details = None
+        if isinstance(model, Explains):
             with torch.inference_mode():
-                details = model.forward_details(batch)
-            x0, y0, x1, y1 = (int(v) for v in details.boxes[0].tolist())
-            scores = details.scores[0].reshape(backbone.grid_for(*size))
-            return overlay(shown, heat_map(scores, size)), to_uint8(shown[y0:y1, x0:x1])
+                details = model.explain(batch)
+        if details is not None and details.scores is not None:
+            crop = None
+            if details.boxes is not None:
+                x0, y0, x1, y1 = (int(v) for v in details.boxes[0].tolist())
+                crop = to_uint8(shown[y0:y1, x0:x1])
+            return overlay(shown, heat_map(details.scores[0].reshape(backbone.grid_for(*size)), size)), crop
         if isinstance(backbone, Backbone):
             return overlay(shown, heat_map(last_layer_cls_attention(backbone, batch)[0], size)), None
         return None, None  # e.g. a CNN baseline: no map to show

@@ -20,7 +20,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -36,8 +35,8 @@ from fgir.config import Config, absolute_path, from_dict, to_dict
 from fgir.engine.state_io import flatten, unflatten
 from fgir.errors import FgirError
 from fgir.fileio import atomic_path
+from fgir.methods.capabilities import frozen_state_keys
 from fgir.models.backbone import Backbone
-from fgir.models.peft.freezing import FrozenBackboneModel, frozen_by_freeze_backbone
 from fgir.models.state_fit import StateMismatch, vit_layout
 from fgir.models.weights import WeightsNotFoundError
 
@@ -254,7 +253,7 @@ def restore_model(path: str | os.PathLike, device: str | torch.device = "cpu",
     An adapter-only checkpoint also needs its pretrained backbone: from `weights` (a file or folder,
     as for model.weights) when given, else from the source it stores; either way its SHA-256 must be
     the stored one. A full checkpoint holds its backbone and does not read `weights`."""
-    from fgir.models.factory import build_model  # the engine only needs the factory here
+    from fgir.methods import build_model  # the methods import torch models: only when one is rebuilt
 
     checkpoint = load_checkpoint(path)
     config, identity = checkpoint.config, checkpoint.backbone
@@ -279,31 +278,19 @@ def restore_model(path: str | os.PathLike, device: str | torch.device = "cpu",
 
 
 def frozen_backbone_keys(model: nn.Module) -> set[str]:
-    """State-dict keys of the frozen backbone tensors of a frozen-backbone method: the parameters
-    that do not train, and the buffers, of the modules `freeze_backbone` tagged. Modules inserted later
-    (adapters, LoRA layers, even inside a block) and trainable backbone parameters (CLS token...) are
-    not among them. Empty for other models."""
-    if not isinstance(model, FrozenBackboneModel):
-        return set()
-    keys = set()
-    for module_name, module in model.named_modules():
-        if not frozen_by_freeze_backbone(module):
-            continue
-        prefix = f"{module_name}." if module_name else ""
-        keys.update(prefix + name for name, p in module.named_parameters(recurse=False) if not p.requires_grad)
-        keys.update(prefix + name for name, _ in module.named_buffers(recurse=False))
-    return keys & model.state_dict().keys()
+    """State-dict keys of the frozen pretrained tensors of a frozen-backbone model (what it answers
+    as `HasFrozenBackbone`); empty for other models."""
+    return frozen_state_keys(model) & model.state_dict().keys()
 
 
 def backbone_hash(model: nn.Module) -> str:
-    """SHA-256 of the frozen backbone tensors: names (relative to the backbone, without the
-    `.base_layer` that peft's LoRA inserts, so every method on one backbone gets the same hash), dtypes,
-    shapes and bytes, in sorted name order."""
+    """SHA-256 of the frozen backbone tensors: names (relative to the backbone, as the plain backbone
+    names them (`canonical_key`), so every method on one backbone gets the same hash), dtypes, shapes
+    and bytes, in sorted name order."""
     backbone_prefix = _backbone_prefix(model)
     state = model.state_dict()
     digest = hashlib.sha256()
-    named = {re.sub(r"\.base_layer(?=\.)", "", key).removeprefix(backbone_prefix): key
-             for key in frozen_backbone_keys(model)}
+    named = {model.canonical_key(key).removeprefix(backbone_prefix): key for key in frozen_backbone_keys(model)}
     for name in sorted(named):
         tensor = state[named[name]].detach().cpu().contiguous()
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())

@@ -54,15 +54,15 @@ def layer_lr_scales(model: nn.Module, layer_decay: float) -> dict[str, float]:
     method's own modules) 1, with timm's own grouping of the ViT's parameters."""
     from timm.models import VisionTransformer, group_parameters
 
-    for prefix, module in model.named_modules():
-        if isinstance(module, VisionTransformer):
-            break
-    else:
+    found = next(((name, module) for name, module in model.named_modules() if isinstance(module, VisionTransformer)),
+                 None)
+    if found is None:
         raise ConfigError("train.layer_decay needs a timm ViT in the model (for a CNN leave it null)")
-    layers = group_parameters(module, module.group_matcher(coarse=False), reverse=True)
+    name, vit = found
+    layers = group_parameters(vit, vit.group_matcher(coarse=False), reverse=True)
     layer_max = max(layers.values())
-    prefix = f"{prefix}." if prefix else ""
-    return {prefix + name: layer_decay ** (layer_max - layer) for name, layer in layers.items()}
+    prefix = f"{name}." if name else ""
+    return {prefix + key: layer_decay ** (layer_max - layer) for key, layer in layers.items()}
 
 
 def lr_at(step: int, total_steps: int, train: TrainConfig) -> float:

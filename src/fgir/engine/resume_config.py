@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from fgir.config import VALID_KEYS, Config, ConfigError, from_dict, load_config
+from fgir.config import Config, ConfigError, from_dict, load_saved_config, schema_keys
 from fgir.engine.checkpoint import read_metadata
 
 RUN_CONFIG = "config.yaml"
@@ -42,8 +42,14 @@ CHANGEABLE_ON_RESUME = (
 NOT_COMPARED = ("train.resume", "train.output_dir", "train.run_name", "train.init_from", "train.init_new_head")
 SHOWN = 3  # refused keys named in the error
 
-# Keys holding one value (nested sections excluded; a free-form mapping counts as one value).
-LEAF_KEYS = [key for key in VALID_KEYS if not any(other.startswith(f"{key}.") for other in VALID_KEYS)]
+_ABSENT = "(absent)"  # a key of the other config's method only
+
+
+def leaf_keys(*configs: Config) -> list[str]:
+    """Keys holding one value in the schemas of `configs`' methods (nested sections excluded; a free-form
+    mapping counts as one value), each once, in schema order."""
+    keys = dict.fromkeys(key for config in configs for key in schema_keys(config.model.method))
+    return [key for key in keys if not any(other.startswith(f"{key}.") for other in keys)]
 
 
 def load_run_config(run_dir: str | os.PathLike, overrides: list[str]) -> Config:
@@ -51,7 +57,7 @@ def load_run_config(run_dir: str | os.PathLike, overrides: list[str]) -> Config:
     path = Path(run_dir) / RUN_CONFIG
     if not path.is_file():
         raise ConfigError(f"train.resume={run_dir}: no {RUN_CONFIG} there (not a run directory?)")
-    return load_config(path, overrides)
+    return load_saved_config(path, overrides)
 
 
 def checkpoint_config(path: str | os.PathLike) -> Config:
@@ -60,14 +66,14 @@ def checkpoint_config(path: str | os.PathLike) -> Config:
 
 
 def value(config: Config, key: str) -> Any:
-    return functools.reduce(getattr, key.split("."), config)
+    return functools.reduce(lambda node, name: getattr(node, name, _ABSENT), key.split("."), config)
 
 
 def check_resume_changes(run: Config, given: Config, run_dir: str | os.PathLike) -> list[str]:
     """The keys whose value `given` changes (all in CHANGEABLE_ON_RESUME); a ConfigError for any
     other difference from the run's config `run`."""
     changed, refused = [], []
-    for key in LEAF_KEYS:
+    for key in leaf_keys(run, given):
         if key in NOT_COMPARED or value(run, key) == value(given, key):
             continue
         (changed if key in CHANGEABLE_ON_RESUME else refused).append(key)

@@ -2,7 +2,7 @@
 
 config -> data + model -> epochs of (train, validate, checkpoint) -> test once with the
 best-validation weights. Nothing here knows how a method works inside: a model maps images to
-logits (and may offer an `auxiliary_loss()` to add after a training forward). Model selection uses
+logits (and may offer an `extra_loss(logits, targets)` to add after a training forward). Model selection uses
 the validation split only; the test split is scored exactly once.
 
 Safety: a step with a non-finite loss or gradient is skipped (counted in `skipped_steps`) and
@@ -30,7 +30,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import timm
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
@@ -71,7 +70,9 @@ from fgir.engine.run_header import run_header
 from fgir.engine.run_log import RunLog
 from fgir.errors import FgirError
 from fgir.fileio import atomic_write_text
-from fgir.models.factory import NETWORKS, build_model
+from fgir.methods import build_model
+from fgir.methods.capabilities import extra_loss
+from fgir.methods.checks import check_before_work
 from fgir.models.peft.freezing import trainable_report
 
 
@@ -157,32 +158,6 @@ class TrainContext:
     @property
     def ckpt_dir(self) -> Path:
         return self.run_dir / "checkpoints"
-
-
-def check_before_work(config: Config) -> None:
-    """Checks that need the backbone's patch size, read from a weightless (meta-device) build."""
-    model = config.model
-    if model.method in NETWORKS:
-        return  # a network of its own (e.g. a CNN): no patch grid to check
-    try:
-        with torch.device("meta"):
-            vit = timm.create_model(model.backbone, pretrained=False, img_size=config.data.image_size,
-                                    **model.backbone_args)
-    except Exception as err:  # timm raises many kinds for unknown names or bad arguments
-        raise ConfigError(f"model.backbone='{model.backbone}' with model.backbone_args={model.backbone_args} "
-                          f"cannot be built: {type(err).__name__}: {err}") from None
-    patch = getattr(getattr(vit, "patch_embed", None), "patch_size", None)
-    if patch is None:
-        return  # not a patch-based backbone: nothing to check
-    patch_h, patch_w = patch
-    size = config.data.image_size
-    if size % patch_h or size % patch_w:
-        raise ConfigError(f"data.image_size={size} is not divisible by the patch size {patch_h}x{patch_w} of "
-                          f"model.backbone='{model.backbone}'; use a multiple of {patch_h}")
-    patches = (size // patch_h) * (size // patch_w)
-    if model.method == "glsim" and model.glsim.top_o > patches:
-        raise ConfigError(f"model.glsim.top_o={model.glsim.top_o} is larger than the number of patches "
-                          f"({size}/{patch_h})^2 = {patches} at data.image_size={size}")
 
 
 WARMUP_SHARE_WARNED = 0.2  # a warm-up longer than this share of the run gets a warning
@@ -598,7 +573,7 @@ def train_one_epoch(ctx: TrainContext, epoch: int, state: EpochState,
 
 
 def forward_backward(ctx: TrainContext, images: torch.Tensor, labels: torch.Tensor, sync: bool) -> float | None:
-    """One micro-batch: forward, loss (+ the model's auxiliary loss, if it has one), backward.
+    """One micro-batch: forward, loss (+ the model's extra loss, if it has one), backward.
     Returns the loss value (non-finite ones are not back-propagated), None for an empty batch.
     `sync=False` lets DDP accumulate gradients locally until the step's last micro-batch."""
     accum = ctx.config.train.grad_accum_steps
@@ -615,9 +590,9 @@ def forward_backward(ctx: TrainContext, images: torch.Tensor, labels: torch.Tens
         with autocast(ctx.device, ctx.dtype):
             logits = ctx.model(images)
         loss = classification_loss(logits.float(), targets, ctx.config.train.label_smoothing, ctx.loss_weight)
-        auxiliary = auxiliary_loss(ctx.net)
-        if auxiliary is not None:
-            loss = loss + auxiliary.float()
+        extra = extra_loss(ctx.net, logits, targets)
+        if extra is not None:
+            loss = loss + extra.float()
         loss_value = loss.item()
         if math.isfinite(loss_value):
             ctx.scaler.scale(loss / accum).backward()
@@ -626,12 +601,6 @@ def forward_backward(ctx: TrainContext, images: torch.Tensor, labels: torch.Tens
             # non-finite norm and skip the step together. Alone, no backward: it would only spread NaN.
             (loss * math.nan).backward()
     return loss_value
-
-
-def auxiliary_loss(net: nn.Module) -> torch.Tensor | None:
-    """The model's extra training loss after a forward (e.g. a layer-wise exclusion loss), if any."""
-    method = getattr(net, "auxiliary_loss", None)
-    return method() if callable(method) else None
 
 
 def step(ctx: TrainContext, step_is_bad: bool) -> tuple[bool, bool]:

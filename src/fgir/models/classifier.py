@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fgir.config import ModelConfig
+from fgir.methods import register_method
 from fgir.models.backbone import Backbone
 from fgir.models.heads import LinearHead
 
@@ -18,3 +20,10 @@ class ViTClassifier(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         tokens = self.backbone.forward_features(images)
         return self.head(self.backbone.pool(tokens))
+
+
+def build_vit(backbone: Backbone, num_classes: int, model: ModelConfig) -> ViTClassifier:
+    return ViTClassifier(backbone, num_classes, zero_init_head=model.zero_init_head)
+
+
+register_method("vit", build=build_vit)

@@ -1,4 +1,4 @@
-"""CNN baselines (method `cnn`, spec/anime.md): a timm network such as ResNet-18/50/152 without its
+"""CNN baselines (method `cnn`, Animesion: arXiv 2101.08674, Section 4): a timm network such as ResNet-18/50/152 without its
 classifier, then a linear head. `model.backbone` names it (e.g. `resnet50.tv_in1k`, the torchvision
 weights the Animesion reference used); weights come from the hub or `model.weights` exactly as for
 ViTs. The whole network is fine-tuned (the reference froze pretrained ResNets and trained only the
@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from fgir.config import ModelConfig
+from fgir.methods import register_method
 from fgir.models.heads import LinearHead
 from fgir.models.weights import create_headless
 
@@ -34,3 +35,6 @@ def build_cnn(model: ModelConfig, num_classes: int, pretrained: bool | None = No
         **model.backbone_args,
     )
     return CNNClassifier(network, num_classes, zero_init_head=model.zero_init_head)
+
+
+register_method("cnn", build=build_cnn, own_network=True)

@@ -1,24 +1,52 @@
-"""GLSim (spec/glsim.md): encode the image, select the patches most similar to the global token (GLS),
+"""GLSim (Rios et al., arXiv 2407.12891, Section 3): encode the image, select the patches most similar to the global token (GLS),
 crop their bounding box, re-encode the crop with the SAME encoder, fuse both global tokens with one
 transformer block and classify."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from timm.layers import LayerNorm
 from timm.models.vision_transformer import Block, init_weights_vit_timm
 from torch import nn
 
-from fgir.config import GLSimConfig, ModelConfig
+from fgir.config import ModelConfig
+from fgir.config_fields import MethodSection
+from fgir.errors import ConfigError
+from fgir.methods import register_method
+from fgir.methods.capabilities import Explanation
 from fgir.models.backbone import Backbone
-from fgir.models.gls import boxes_from_indices, crop_and_resize, gls_scores
+from fgir.models.gls import (
+    BOX_MODES,
+    SIMILARITIES,
+    boxes_from_indices,
+    crop_and_resize,
+    gls_scores,
+    selection_flops,
+)
 from fgir.models.heads import LinearHead
 
-CROP_CLS_MODES = ("separate", "shared")
-SELECTIONS = ("crop", "tokens")
-HEADS = ("token", "avg", "max")
+
+@dataclass
+class GLSimConfig(MethodSection):
+    """GLSim (arXiv 2407.12891, Section 3): global-local similarity crop, shared re-encoding, aggregator."""
+
+    section: ClassVar[str] = "glsim"
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "similarity": SIMILARITIES, "box": BOX_MODES, "crop_cls": ("separate", "shared"),
+        "selection": ("crop", "tokens"), "head": ("token", "avg", "max"),
+    }
+    POSITIVE: ClassVar[tuple[str, ...]] = ("top_o",)
+
+    top_o: int = 8  # patches selected by similarity (16 for Stanford Dogs in the paper)
+    similarity: str = "cosine"  # cosine | l1 | l2 (for distances the smallest wins)
+    box: str = "inclusive"  # inclusive (ours) | reference (the paper code's rounding, for its checkpoints)
+    crop_cls: str = "separate"  # separate: own crop CLS initialised from the pretrained one | shared
+    selection: str = "crop"  # crop: crop + second pass | tokens: gather the top-O tokens, no second pass
+    head: str = "token"  # token: image CLS position | avg | max of both tokens' logits
+    test_flip: bool = False  # average the logits of the image and its horizontal flip at test time
 
 
 @dataclass
@@ -65,11 +93,6 @@ class GLSim(nn.Module):
         self, backbone: Backbone, num_classes: int, config: GLSimConfig, zero_init_head: bool = True
     ):
         super().__init__()
-        _check_choice("crop_cls", config.crop_cls, CROP_CLS_MODES)
-        _check_choice("selection", config.selection, SELECTIONS)
-        _check_choice("head", config.head, HEADS)
-        if config.top_o < 1:
-            raise ValueError(f"model.glsim.top_o must be at least 1, got {config.top_o}")
         self.backbone = backbone
         self.config = config
         # The crop's own CLS token only exists when there is a crop pass to use it (an unused
@@ -87,6 +110,16 @@ class GLSim(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.forward_details(images).logits
+
+    def explain(self, images: torch.Tensor) -> Explanation:
+        """The GLS scores, the box around the top-O patches and its crop (arXiv 2407.12891, Fig. 1)."""
+        output = self.forward_details(images)
+        return Explanation(output.logits, output.scores, output.boxes, output.crops, selected=self.config.top_o)
+
+    def selection_flops(self, image_size: tuple[int, int]) -> int:
+        """FLOPs of the selection step for one image (`fgir.models.gls.selection_flops`)."""
+        patches = self.backbone.grid_for(*image_size)
+        return selection_flops(patches[0] * patches[1], self.backbone.embed_dim, self.config.similarity, image_size)
 
     def forward_details(self, images: torch.Tensor) -> GLSimOutput:
         """Logits plus the selection; with test_flip in eval mode the logits average the image and
@@ -171,6 +204,13 @@ def build_glsim(backbone: Backbone, num_classes: int, model: ModelConfig) -> GLS
     return GLSim(backbone, num_classes, model.glsim, zero_init_head=model.zero_init_head)
 
 
-def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"unknown model.glsim.{key}='{value}' (known: {', '.join(choices)})")
+def check_glsim(config, facts) -> None:
+    """The top-O selection needs at least O patches at the training image size."""
+    top_o = config.model.glsim.top_o
+    if facts.patches is not None and top_o > facts.patches:
+        size, patch = config.data.image_size, facts.patch_size[0]
+        raise ConfigError(f"model.glsim.top_o={top_o} is larger than the number of patches "
+                          f"({size}/{patch})^2 = {facts.patches} at data.image_size={size}")
+
+
+register_method("glsim", build=build_glsim, config=GLSimConfig, check=check_glsim)

@@ -1,4 +1,5 @@
-"""IFA head (Intermediate Features Aggregation, spec/anime.md; method `vit_ifa`): the CLS token after
+"""IFA head (Intermediate Features Aggregation, Animesion: Rios et al., arXiv 2101.08674, Section 3;
+method `vit_ifa`): the CLS token after
 every encoder block, (B, D, L), reduced by a Linear over the layer axis (L -> 1: a learned weighted
 sum of the layers shared by all channels), then ReLU, LayerNorm(D) and a linear classifier.
 
@@ -9,18 +10,39 @@ the weighted sum scales the aggregate anyway. The unused final norm is frozen.
 Optional layer-wise exclusion loss: sum over i of KL(softmax(CLS_i / T) || softmax(CLS_{i+d} / T)),
 softmax over the D channels and KL averaged over the batch, SUBTRACTED from the classification loss
 with weight w * T^2: layers are rewarded for differing. It reaches the trainer through
-`auxiliary_loss()`, the value of the last training forward.
+`extra_loss(logits, targets)`, the value of the last training forward.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fgir.config import ConfigError, IFAConfig, ModelConfig
+from fgir.config import ModelConfig
+from fgir.config_fields import MethodSection
+from fgir.errors import ConfigError
+from fgir.methods import register_method
 from fgir.models.backbone import Backbone
 from fgir.models.heads import LinearHead
+
+
+@dataclass
+class IFAConfig(MethodSection):
+    """IFA head (arXiv 2101.08674, method vit_ifa): a learned weighted sum of every layer's CLS, ReLU,
+    LayerNorm, Linear; optionally the layer-wise exclusion loss (off in the reference by default)."""
+
+    section: ClassVar[str] = "ifa"
+    POSITIVE: ClassVar[tuple[str, ...]] = ("temperature", "exclusion_distance")
+    NON_NEGATIVE: ClassVar[tuple[str, ...]] = ("exclusion_weight",)
+
+    exclusion_loss: bool = False
+    exclusion_weight: float = 0.01  # times temperature^2, subtracted from the classification loss
+    temperature: float = 1.0
+    exclusion_distance: int = 2  # layer i is compared with layer i + distance
 
 
 def layer_exclusion(layer_cls: torch.Tensor, temperature: float, distance: int) -> torch.Tensor:
@@ -63,11 +85,15 @@ class IFAClassifier(nn.Module):
             self._exclusion = -weight * layer_exclusion(layer_cls, self.ifa.temperature, self.ifa.exclusion_distance)
         return self.head(self.norm(aggregate))
 
-    def auxiliary_loss(self) -> torch.Tensor | None:
+    def extra_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | None:
         """The signed term the trainer adds to the classification loss (minus the weighted
-        exclusion loss), or None when the loss is off or the last forward was not training."""
+        exclusion loss, which needs no targets), or None when the loss is off or the last forward
+        was not training."""
         return self._exclusion
 
 
 def build_ifa(backbone: Backbone, num_classes: int, model: ModelConfig) -> nn.Module:
     return IFAClassifier(backbone, num_classes, model.ifa, zero_init_head=model.zero_init_head)
+
+
+register_method("vit_ifa", build=build_ifa, config=IFAConfig)

@@ -1,4 +1,4 @@
-"""ILA (spec/ila.md): inter-layer adapters on the residual stream of a frozen ViT, between blocks.
+"""ILA (Rios et al., arXiv 2409.11051, Section 3): inter-layer adapters on the residual stream of a frozen ViT, between blocks.
 
 The down-sampling ILA (DS-ILA) shrinks the patch grid by 2 rows and 2 columns with valid 3x3
 convolutions, so the blocks after it process fewer tokens; the same-resolution ILA keeps the grid.
@@ -17,16 +17,34 @@ Decisions where the paper and its code leave room:
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 from torch import nn
 
-from fgir.config import ConfigError, ModelConfig, PeftConfig
+from fgir.config import ConfigError, ModelConfig
+from fgir.methods import register_method
 from fgir.models.backbone import Backbone
-from fgir.models.peft.adapters import BottleneckAdapter, attach_parallel_adapters, init_bottleneck
+from fgir.models.peft.adapters import (
+    AdapterConfig,
+    BottleneckAdapter,
+    attach_parallel_adapters,
+    init_bottleneck,
+)
 from fgir.models.peft.freezing import freeze_backbone
 from fgir.models.peft.frozen_classifier import FrozenClassifier, Grid
 
 KERNEL = 3
+
+
+@dataclass
+class ILAConfig(AdapterConfig):
+    """ILA, ILA+ and ILA++ (arXiv 2409.11051, Section 3): where the inter-layer adapters go."""
+
+    ila_ds_layers: list[int] = field(default_factory=lambda: [3, 7])  # DS-ILA after these blocks (0-based)
+    # Same-resolution ILAs of ILA+ after these blocks; None: after every block without a DS-ILA
+    # (10 for ViT-B/16 with [3, 7]: the paper's 174.6 K parameters).
+    ila_layers: list[int] | None = None
 
 
 class InterLayerAdapter(nn.Module):
@@ -117,13 +135,10 @@ class InterLayerAdapter(nn.Module):
             )
 
 
-def _check_indices(indices: list[int], key: str, backbone: Backbone) -> list[int]:
-    wrong = [index for index in indices if not 0 <= index < backbone.num_blocks]
+def _check_indices(indices: list[int], key: str, depth: int, model_name: str) -> list[int]:
+    wrong = [index for index in indices if not 0 <= index < depth]
     if wrong:
-        raise ConfigError(
-            f"model.peft.{key}: block indices {wrong} outside 0..{backbone.num_blocks - 1} "
-            f"of {backbone.model_name}"
-        )
+        raise ConfigError(f"model.peft.{key}: block indices {wrong} outside 0..{depth - 1} of {model_name}")
     repeated = sorted({index for index in indices if indices.count(index) > 1})
     if repeated:
         raise ConfigError(f"model.peft.{key}: block indices {repeated} given more than once")
@@ -131,17 +146,17 @@ def _check_indices(indices: list[int], key: str, backbone: Backbone) -> list[int
 
 
 def ila_placement(
-    peft: PeftConfig, backbone: Backbone, *, same_resolution: bool
+    peft: ILAConfig, depth: int, model_name: str, *, same_resolution: bool
 ) -> tuple[list[int], list[int]]:
     """(blocks followed by a DS-ILA, blocks followed by a same-resolution ILA). By default the
     same-resolution ILAs go after every block that has no DS-ILA: with DS-ILAs after blocks 3 and 7
     of ViT-B/16, 10 of them, the 174.6 K trainable parameters of the spec's ILA+."""
-    downsampling = _check_indices(list(peft.ila_ds_layers), "ila_ds_layers", backbone)
+    downsampling = _check_indices(list(peft.ila_ds_layers), "ila_ds_layers", depth, model_name)
     if not same_resolution:
         return downsampling, []
     if peft.ila_layers is None:
-        return downsampling, [index for index in range(backbone.num_blocks) if index not in downsampling]
-    same = _check_indices(list(peft.ila_layers), "ila_layers", backbone)
+        return downsampling, [index for index in range(depth) if index not in downsampling]
+    same = _check_indices(list(peft.ila_layers), "ila_layers", depth, model_name)
     both = sorted(set(same) & set(downsampling))
     if both:
         raise ConfigError(
@@ -156,7 +171,7 @@ def _build(
 ) -> FrozenClassifier:
     peft = model.peft
     freeze_backbone(backbone, peft)
-    downsampling, same = ila_placement(peft, backbone, same_resolution=same_resolution)
+    downsampling, same = ila_placement(peft, backbone.num_blocks, backbone.model_name, same_resolution=same_resolution)
 
     def ila(downsample: bool) -> InterLayerAdapter:
         return InterLayerAdapter(
@@ -190,3 +205,17 @@ def build_ila_plus(backbone: Backbone, num_classes: int, model: ModelConfig) -> 
 def build_ila_pp(backbone: Backbone, num_classes: int, model: ModelConfig) -> FrozenClassifier:
     """ILA++: DS-ILAs + parallel bottleneck adapters beside attention and MLP in every block."""
     return _build(backbone, num_classes, model, same_resolution=False, in_block=True)
+
+
+def _placement_check(same_resolution: bool):
+    def check(config, facts) -> None:
+        """The ILA block indices fit the backbone's depth, before any work."""
+        if facts.depth is not None:
+            ila_placement(config.model.peft, facts.depth, config.model.backbone, same_resolution=same_resolution)
+
+    return check
+
+
+register_method("ila", build=build_ila, config=ILAConfig, check=_placement_check(False))
+register_method("ila_plus", build=build_ila_plus, config=ILAConfig, check=_placement_check(True))
+register_method("ila_pp", build=build_ila_pp, config=ILAConfig, check=_placement_check(False))

@@ -86,7 +86,7 @@ def create_headless(
 ) -> nn.Module:
     """Any timm model (e.g. a ResNet) without its classifier, weights from the same sources and with
     the same checks as `create_vit`; `model_args` go to `timm.create_model`."""
-    _require_known(name)
+    require_known(name)
     if not pretrained:
         return timm.create_model(name, pretrained=False, num_classes=0, **model_args)
     path = weight_file(weights) if weights is not None else fetch_hub_weights(name)
@@ -141,7 +141,7 @@ def fetch_hub_weights(name: str) -> Path:
 
 
 def _require_vit(name: str) -> None:
-    _require_known(name)
+    require_known(name)
     # Built on the meta device (no memory, no init cost) to learn the class before any download.
     with torch.device("meta"):
         probe = timm.create_model(name, pretrained=False, num_classes=0)
@@ -152,7 +152,8 @@ def _require_vit(name: str) -> None:
         )
 
 
-def _require_known(name: str) -> None:
+def require_known(name: str) -> None:
+    """A ModelNameError unless timm knows `name` (an architecture, optionally `.tag`ged)."""
     arch, _, tag = name.partition(".")
     if not timm.is_model(arch):
         close = difflib.get_close_matches(arch, timm.list_models(), n=5)

@@ -23,9 +23,8 @@ from fgir.config import Config, ConfigError, DataConfig, ModelConfig, load_confi
 from fgir.engine.acceleration import compile_model, use_channels_last
 from fgir.engine.checkpoint import restore_model
 from fgir.engine.device import autocast, resolve_device, resolve_precision
-from fgir.models.factory import build_model
-from fgir.models.gls import selection_flops
-from fgir.models.glsim import GLSim
+from fgir.methods import build_model
+from fgir.methods.capabilities import SelectsRegions
 
 
 def benchmark(
@@ -108,15 +107,15 @@ def benchmark(
         "warmup": warmup,
         "iters": iters,
     }
-    if isinstance(model, GLSim):
-        report["glsim_selection"] = glsim_selection_cost(model, images, torch_device, warmup, iters)
+    if isinstance(model, SelectsRegions):
+        report["glsim_selection"] = selection_cost(model, images, torch_device, warmup, iters)
     return report
 
 
 @torch.inference_mode()
-def glsim_selection_cost(model: GLSim, images: torch.Tensor, device: torch.device, warmup: int,
-                         iters: int) -> dict[str, float]:
-    """GLSim's selection step (GLS scores, top-O, boxes, batched crop + resize) against one encoder
+def selection_cost(model: SelectsRegions, images: torch.Tensor, device: torch.device, warmup: int,
+                   iters: int) -> dict[str, float]:
+    """A selection step (GLSim's: GLS scores, top-O, boxes, batched crop + resize) against one encoder
     pass: FLOPs per image (the selection's counted by hand, see `selection_flops`) and median times
     per batch."""
     tokens = model.backbone.forward_features(images)
@@ -124,8 +123,7 @@ def glsim_selection_cost(model: GLSim, images: torch.Tensor, device: torch.devic
     with sdpa_kernel(SDPBackend.MATH), counter:
         model.backbone.forward_features(images[:1])
     encoder_flops = counter.get_total_flops()
-    num_patches = model.backbone.patch_tokens(tokens).shape[1]
-    selection = selection_flops(num_patches, model.backbone.embed_dim, model.config.similarity, images.shape[-2:])
+    selection = model.selection_flops(tuple(images.shape[-2:]))
     encoder_ms = median_ms(lambda: model.backbone.forward_features(images), warmup, iters, device)
     selection_ms = median_ms(lambda: model.select(images, tokens), warmup, max(iters, 10), device)
     return {

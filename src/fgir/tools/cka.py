@@ -29,8 +29,8 @@ from fgir.data import build_transform
 from fgir.engine.checkpoint import restore_model
 from fgir.engine.device import resolve_device
 from fgir.fileio import atomic_write_csv
+from fgir.methods import build_model
 from fgir.models.backbone import Backbone
-from fgir.models.factory import build_model
 from fgir.recipes import is_recipe_name
 from fgir.tools.attention import recorded_attention
 from fgir.tools.plots import save_figure

@@ -20,11 +20,12 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 
-from fgir.config import IMAGENET_MEAN, IMAGENET_STD, Config, GLSimConfig, ModelConfig, validate
+from fgir.config import IMAGENET_MEAN, IMAGENET_STD, Config, model_config, validate
 from fgir.data.readers import DatasetFileError, read_class_names
 from fgir.engine.checkpoint import load_model_state, save_checkpoint
 from fgir.errors import FgirError
-from fgir.models.factory import build_model
+from fgir.methods import build_model
+from fgir.models.glsim import GLSimConfig
 
 BACKBONE = "vit_base_patch16_224"
 VIT_B = {"embed_dim": 768, "depth": 12, "num_heads": 12, "patch_size": 16, "mlp_ratio": 4.0}
@@ -203,8 +204,8 @@ def build_config(args: argparse.Namespace, state: dict[str, torch.Tensor]) -> Co
     config.data.image_size = image_size
     config.data.mean, config.data.std = list(mean), list(std)
     config.data.resize_ratio = _resize_ratio(args, image_size, config.data.resize_ratio)
-    config.model = ModelConfig(
-        method="glsim",
+    config.model = model_config(
+        "glsim",
         backbone=BACKBONE,
         pretrained=False,
         backbone_args={k: v for k, v in arch.items() if v != VIT_B[k]},

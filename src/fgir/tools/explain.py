@@ -24,8 +24,8 @@ from fgir.data import DatasetFileError, build_dataset
 from fgir.data.datasets import SPLITS
 from fgir.data.synthetic import _read_manifest, manifest
 from fgir.errors import FgirError
+from fgir.methods.capabilities import Explains
 from fgir.models.backbone import Backbone
-from fgir.models.glsim import GLSim
 from fgir.tools.attention import attention_rollout, last_layer_cls_attention
 from fgir.tools.plots import image_panels
 from fgir.tools.predictor import Predictor, expand_inputs, open_image
@@ -94,19 +94,16 @@ def explanation_panels(model: nn.Module, backbone: Backbone, batch: torch.Tensor
     """Panels for `image_panels` for one transformed image (1, C, H, W) displayed as `shown`."""
     size = batch.shape[-2:]
     panels = []
-    if isinstance(model, GLSim):
+    panels.append(("input", shown, None, None))
+    if isinstance(model, Explains):
         with torch.inference_mode():
-            output = model.forward_details(batch)
-        x0, y0, x1, y1 = (int(v) for v in output.boxes[0].tolist())
-        gls = output.scores[0].reshape(backbone.grid_for(*size))
-        panels += [
-            ("input", shown, None, None),
-            ("GLS similarity", shown, heat_map(gls, size), None),
-            (f"selected box (top {model.config.top_o} patches)", shown, None, (x0, y0, x1, y1)),
-            ("crop", shown[y0:y1, x0:x1], None, None),
-        ]
-    else:
-        panels.append(("input", shown, None, None))
+            output = model.explain(batch)
+        if output.scores is not None:
+            panels.append(("GLS similarity", shown, heat_map(output.scores[0].reshape(backbone.grid_for(*size)), size), None))
+        if output.boxes is not None:
+            x0, y0, x1, y1 = (int(v) for v in output.boxes[0].tolist())
+            top = f" (top {output.selected} patches)" if output.selected else ""
+            panels += [(f"selected box{top}", shown, None, (x0, y0, x1, y1)), ("crop", shown[y0:y1, x0:x1], None, None)]
     panels += [
         ("last-layer attention", shown, heat_map(last_layer_cls_attention(backbone, batch)[0], size), None),
         ("attention rollout", shown, heat_map(attention_rollout(backbone, batch)[0], size), None),

@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from fgir.engine.checkpoint import load_checkpoint
 from fgir.errors import FgirError
 from fgir.fileio import atomic_write_csv
-from fgir.models.factory import build_model
+from fgir.methods import build_model
 from fgir.tools.bench import count_flops
 from fgir.tools.plots import save_figure
 

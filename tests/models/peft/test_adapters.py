@@ -6,7 +6,7 @@ from timm.models.vision_transformer import Attention
 from torch.nn import functional as F
 
 from conftest import tiny_backbone
-from fgir.config import ModelConfig, PeftConfig
+from fgir.config import model_config
 from fgir.models.peft.adapters import (
     BottleneckAdapter,
     ConvPass,
@@ -14,7 +14,7 @@ from fgir.models.peft.adapters import (
     build_adapter,
     build_convpass,
 )
-from fgir.models.peft.freezing import freeze_backbone
+from fgir.models.peft.freezing import FrozenBackboneConfig, freeze_backbone
 
 
 def counts_by_child(module: torch.nn.Module) -> dict[str, int]:
@@ -38,7 +38,7 @@ def test_parameter_counts_match_the_spec():
 def test_adapters_start_as_the_frozen_model_and_keep_its_parameter_names():
     backbone = tiny_backbone(img_size=48, depth=2)
     plain = copy.deepcopy(backbone)
-    freeze_backbone(backbone, PeftConfig())
+    freeze_backbone(backbone, FrozenBackboneConfig())
     adapters = attach_parallel_adapters(backbone, lambda: BottleneckAdapter(backbone.embed_dim, 4))
     assert len(adapters) == 2 * 2
     assert all(isinstance(block.attn, Attention) for block in backbone.blocks)
@@ -122,13 +122,13 @@ def test_convpass_needs_the_grid_of_the_tokens():
 
 
 def test_convpass_model_on_a_rectangular_grid():
-    model = build_convpass(tiny_backbone(img_size=(32, 56), depth=2), 3, ModelConfig(zero_init_head=False))
+    model = build_convpass(tiny_backbone(img_size=(32, 56), depth=2), 3, model_config("adapter", zero_init_head=False))
     assert model(torch.randn(2, 3, 32, 56)).shape == (2, 3)
     assert model.backbone.blocks[1].mlp_adapter.grid == (4, 7)
 
 
 def test_deep_copies_run_their_own_adapters():
-    model = build_adapter(tiny_backbone(img_size=48, depth=1), 3, ModelConfig(zero_init_head=False)).eval()
+    model = build_adapter(tiny_backbone(img_size=48, depth=1), 3, model_config("adapter", zero_init_head=False)).eval()
     twin = copy.deepcopy(model)
     images = torch.randn(2, 3, 48, 48)
     before = model(images)

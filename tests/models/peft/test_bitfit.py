@@ -5,15 +5,16 @@ import pytest
 import torch
 
 from conftest import TINY_VIT, fit_steps, tinted_batch, tiny_backbone
-from fgir.config import ModelConfig, PeftConfig, load_config
+from fgir.config import load_config, model_config
+from fgir.methods import build_model
 from fgir.models.backbone import Backbone
-from fgir.models.factory import build_model
 from fgir.models.peft.bitfit import build_bitfit
+from fgir.models.peft.freezing import FrozenBackboneConfig
 from fgir.models.peft.frozen_classifier import FrozenClassifier
 
 
 def bitfit(**peft) -> FrozenClassifier:
-    return build_bitfit(tiny_backbone(), 3, ModelConfig(zero_init_head=False, peft=PeftConfig(**peft)))
+    return build_bitfit(tiny_backbone(), 3, model_config("bitfit", zero_init_head=False, peft=FrozenBackboneConfig(**peft)))
 
 
 @pytest.mark.parametrize("train_cls_token", [True, False])
@@ -33,7 +34,7 @@ def test_bias_count_on_vit_b16():
     # final norm: 12 * 11 * 768 + 2 * 768 = 102,912.
     with torch.device("meta"):
         model = build_bitfit(Backbone.create("vit_base_patch16_224", pretrained=False, img_size=224), 10,
-                             ModelConfig(peft=PeftConfig(train_cls_token=False)))
+                             model_config("bitfit", peft=FrozenBackboneConfig(train_cls_token=False)))
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 102_912 + 768 * 10 + 10
 
 

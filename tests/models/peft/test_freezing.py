@@ -1,10 +1,14 @@
 import torch
 from torch import nn
 
-from fgir.config import PeftConfig
 from fgir.models.backbone import Backbone
 from fgir.models.heads import LinearHead
-from fgir.models.peft.freezing import FrozenBackboneModel, freeze_backbone, trainable_report
+from fgir.models.peft.freezing import (
+    FrozenBackboneConfig,
+    FrozenBackboneModel,
+    freeze_backbone,
+    trainable_report,
+)
 
 
 class _Probe(FrozenBackboneModel):
@@ -24,14 +28,14 @@ def _backbone() -> Backbone:
 
 def test_only_named_parameters_train():
     backbone = _backbone()
-    freeze_backbone(backbone, PeftConfig(train_cls_token=True, train_pos_embed=False, train_norm=True))
+    freeze_backbone(backbone, FrozenBackboneConfig(train_cls_token=True, train_pos_embed=False, train_norm=True))
     trainable = {name for name, p in backbone.named_parameters() if p.requires_grad}
     assert trainable == {"vit.cls_token", "vit.norm.weight", "vit.norm.bias"}
 
 
 def test_frozen_modules_stay_in_eval_mode_and_new_ones_train():
     backbone = _backbone()
-    freeze_backbone(backbone, PeftConfig())
+    freeze_backbone(backbone, FrozenBackboneConfig())
     model = _Probe(backbone).train()
     assert not any(module.training for module in backbone.modules() if module is not backbone.vit.blocks[0].inner_adapter)
     assert backbone.vit.blocks[0].inner_adapter.training
@@ -46,14 +50,14 @@ def test_frozen_modules_stay_in_eval_mode_and_new_ones_train():
 
 def test_frozen_eval_false_lets_the_backbone_follow_train_mode():
     backbone = _backbone()
-    freeze_backbone(backbone, PeftConfig(frozen_eval=False))
+    freeze_backbone(backbone, FrozenBackboneConfig(frozen_eval=False))
     _Probe(backbone).train()
     assert all(module.training for module in backbone.modules())
 
 
 def test_trainable_report_counts_and_groups():
     backbone = _backbone()
-    freeze_backbone(backbone, PeftConfig())
+    freeze_backbone(backbone, FrozenBackboneConfig())
     model = _Probe(backbone)
     report = trainable_report(model)
     dim = backbone.embed_dim

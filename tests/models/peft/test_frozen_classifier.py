@@ -10,8 +10,8 @@ import torch
 from torch.nn import functional as F
 
 from conftest import all_methods, tiny_backbone
-from fgir.config import ModelConfig, PeftConfig
-from fgir.models.factory import METHODS
+from fgir.config import model_config
+from fgir.methods import get_method
 from fgir.models.peft.frozen_classifier import FrozenClassifier
 
 DEPTH = 4
@@ -25,16 +25,18 @@ def _backbone():
 
 def build(method: str, **peft) -> FrozenClassifier:
     backbone = copy.deepcopy(_backbone())  # building a timm model costs more than the test
-    config = ModelConfig(
-        method=method, zero_init_head=False, peft=PeftConfig(**{"ila_ds_layers": [0, 2], **peft})
-    )
-    return METHODS[method](backbone, 3, config)
+    spec = get_method(method)
+    if spec.config is not None and "ila_ds_layers" in spec.config.__dataclass_fields__:
+        peft = {"ila_ds_layers": [0, 2], **peft}
+    sections = {spec.section: spec.config(**peft)} if spec.section else {}
+    return spec.build(backbone, 3, model_config(method, zero_init_head=False, **sections))
 
 
 @cache
 def frozen_classifier_methods() -> list[str]:
     """The methods built around a ViT backbone whose model is a FrozenClassifier."""
-    return [method for method in all_methods() if method in METHODS and isinstance(build(method), FrozenClassifier)]
+    return [method for method in all_methods() if not get_method(method).own_network
+            and isinstance(build(method), FrozenClassifier)]
 
 
 def randomize_trainable(model: torch.nn.Module) -> None:

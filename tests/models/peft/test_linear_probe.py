@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from conftest import tiny_backbone
-from fgir.config import ModelConfig, PeftConfig
+from fgir.config import model_config
+from fgir.models.peft.freezing import FrozenBackboneConfig
 from fgir.models.peft.linear_probe import build_linear
 
 
@@ -12,7 +13,7 @@ from fgir.models.peft.linear_probe import build_linear
 def test_linear_probe_is_the_head_on_the_frozen_pooled_token(train_cls_token):
     backbone = tiny_backbone(img_size=32, depth=2)
     plain = copy.deepcopy(backbone)
-    config = ModelConfig(zero_init_head=False, peft=PeftConfig(train_cls_token=train_cls_token))
+    config = model_config("linear", zero_init_head=False, peft=FrozenBackboneConfig(train_cls_token=train_cls_token))
     model = build_linear(backbone, 5, config).train()
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     assert trainable == {"head.weight", "head.bias"} | (

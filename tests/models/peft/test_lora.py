@@ -9,13 +9,13 @@ from peft.tuners.lora import LoraLayer
 from torch import nn
 
 from conftest import TINY_VIT, fit_steps, tinted_batch, tiny_backbone
-from fgir.config import ConfigError, ModelConfig, PeftConfig, load_config
+from fgir.config import ConfigError, load_config, model_config
 from fgir.engine.checkpoint import restore_model, save_checkpoint
 from fgir.errors import FgirError
+from fgir.methods import build_model
 from fgir.models.backbone import Backbone
 from fgir.models.classifier import ViTClassifier
-from fgir.models.factory import build_model
-from fgir.models.peft.lora import LoRAViT, build_lora
+from fgir.models.peft.lora import LoRAConfig, LoRAViT, build_lora
 from fgir.models.peft.merge import merge_lora
 from fgir.tools.merge_lora import save_merged_lora
 
@@ -24,7 +24,7 @@ RANK, ALPHA = 4, 8.0
 
 def lora(backbone: Backbone | None = None, perturb: bool = True, **peft) -> LoRAViT:
     settings = {"lora_rank": RANK, "lora_alpha": ALPHA, **peft}
-    model = build_lora(backbone or tiny_backbone(), 3, ModelConfig(zero_init_head=False, peft=PeftConfig(**settings)))
+    model = build_lora(backbone or tiny_backbone(), 3, model_config("lora", zero_init_head=False, peft=LoRAConfig(**settings)))
     return perturbed(model) if perturb else model
 
 
@@ -93,7 +93,7 @@ def test_counts_are_rank_times_in_plus_out_per_targeted_linear():
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == formula + head
     # ViT-B/16, rank 8 on qkv, fc1, fc2: 12 * 8 * ((768 + 2304) + (768 + 3072) + (3072 + 768)) = 1,032,192.
     with torch.device("meta"):
-        vit_b = build_lora(Backbone.create("vit_base_patch16_224", pretrained=False, img_size=224), 10, ModelConfig())
+        vit_b = build_lora(Backbone.create("vit_base_patch16_224", pretrained=False, img_size=224), 10, model_config("lora"))
     assert sum(p.numel() for p in vit_b.parameters() if p.requires_grad) == 1_032_192 + 768 + 768 * 10 + 10
 
 

@@ -8,16 +8,16 @@ import pytest
 import torch
 
 from conftest import TINY_VIT, fit_steps, tinted_batch, tiny_backbone
-from fgir.config import ConfigError, ModelConfig, PeftConfig, load_config
+from fgir.config import ConfigError, load_config, model_config
+from fgir.methods import build_model
 from fgir.models.backbone import Backbone
-from fgir.models.factory import build_model
-from fgir.models.peft.vpt import PromptedViT, build_vpt_deep, build_vpt_shallow
+from fgir.models.peft.vpt import PromptedViT, VPTConfig, build_vpt_deep, build_vpt_shallow
 
 PROMPTS = 3
 
 
 def vpt(deep: bool, backbone: Backbone | None = None, **peft) -> PromptedViT:
-    model = ModelConfig(zero_init_head=False, peft=PeftConfig(**{"prompt_length": PROMPTS, **peft}))
+    model = model_config("vpt_deep", zero_init_head=False, peft=VPTConfig(**{"prompt_length": PROMPTS, **peft}))
     build = build_vpt_deep if deep else build_vpt_shallow
     return build(backbone or tiny_backbone(), 3, model)
 
@@ -83,7 +83,7 @@ def test_gradient_census(deep, train_cls_token):
 def test_prompt_counts_and_init_on_vit_b16():
     with torch.device("meta"):
         backbone = Backbone.create("vit_base_patch16_224", pretrained=False, img_size=224)
-        deep = build_vpt_deep(backbone, 10, ModelConfig())
+        deep = build_vpt_deep(backbone, 10, model_config("vpt_deep"))
     assert deep.prompts.shape == (12, 100, 768)  # L * prompt_length * D = 921,600
     assert sum(p.numel() for p in deep.parameters() if p.requires_grad) == 921_600 + 768 + 768 * 10 + 10
     shallow = vpt(False, prompt_length=50)
@@ -102,7 +102,7 @@ def test_prompt_dropout_only_in_training():
 
 
 def test_bad_prompt_length_is_a_config_error():
-    with pytest.raises(ConfigError, match="model.peft.prompt_length must be at least 1"):
+    with pytest.raises(ConfigError, match="config key 'model.peft.prompt_length' must be > 0, got 0"):
         vpt(False, prompt_length=0)
 
 

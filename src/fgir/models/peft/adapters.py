@@ -1,5 +1,6 @@
-"""In-block adapters on a frozen ViT: parallel bottleneck adapters (ADPT, AdaptFormer-style; also the
-in-block part of ILA++) and ConvPass (a 3x3 convolution on the patch grid inside the bottleneck).
+"""In-block adapters on a frozen ViT: parallel bottleneck adapters (ADPT, AdaptFormer-style, arXiv
+2205.13535; also the in-block part of ILA++) and ConvPass (arXiv 2208.07463: a 3x3 convolution on the
+patch grid inside the bottleneck).
 
 An adapter sits beside a block's attention and beside its MLP: it reads what the sub-layer reads
 (the normed tokens) and its output is added to the sub-layer's output. It is attached with a forward
@@ -14,17 +15,31 @@ Up-projections start at zero, so an adapted model starts as the frozen model.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from fgir.config import ModelConfig
+from fgir.methods import register_method
 from fgir.models.backbone import Backbone
-from fgir.models.peft.freezing import freeze_backbone
+from fgir.models.peft.freezing import FrozenBackboneConfig, freeze_backbone
 from fgir.models.peft.frozen_classifier import FrozenClassifier, Grid
 
 SITES = ("attn", "mlp")
+
+
+@dataclass
+class AdapterConfig(FrozenBackboneConfig):
+    """Bottleneck modules on the frozen backbone (adapters, ConvPass; the ILA family extends it)."""
+
+    POSITIVE: ClassVar[tuple[str, ...]] = ("bottleneck",)
+    FRACTIONS: ClassVar[tuple[str, ...]] = ("dropout",)
+
+    bottleneck: int = 8  # hidden width of bottleneck adapters, ConvPass and ILA modules
+    dropout: float = 0.1  # dropout at the output of adapters and ILA modules
 
 
 @torch.no_grad()
@@ -180,3 +195,7 @@ def build_convpass(backbone: Backbone, num_classes: int, model: ModelConfig) -> 
         ),
     )
     return ConvPassClassifier(backbone, num_classes, adapters, zero_init_head=model.zero_init_head)
+
+
+register_method("adapter", build=build_adapter, config=AdapterConfig)
+register_method("convpass", build=build_convpass, config=AdapterConfig)

@@ -12,16 +12,32 @@ Three things every frozen-backbone method needs:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from torch import nn
 
-from fgir.config import PeftConfig
+from fgir.config_fields import MethodSection
 from fgir.models.backbone import Backbone
 
 _FROZEN_TAG = "_fgir_frozen"
 
 
-def freeze_backbone(backbone: Backbone, peft: PeftConfig) -> None:
+@dataclass
+class FrozenBackboneConfig(MethodSection):
+    """Frozen-backbone methods (ILA: arXiv 2409.11051, Section 3; and the PEFT baselines): the
+    backbone is frozen; what else trains is listed here. Each method's section extends this one."""
+
+    section: ClassVar[str] = "peft"
+
+    train_cls_token: bool = True  # the reference trains the CLS token
+    train_pos_embed: bool = False
+    train_norm: bool = False  # the backbone's final LayerNorm
+    # Frozen backbone modules (dropout, drop-path, BatchNorm) behave as in evaluation while the new
+    # modules train; False: the whole model follows model.train().
+    frozen_eval: bool = True
+
+
+def freeze_backbone(backbone: Backbone, peft: FrozenBackboneConfig) -> None:
     """Stop gradients to every backbone parameter except those `peft` asks to train, and tag the
     backbone's modules so `FrozenBackboneModel` keeps them in evaluation mode."""
     backbone.requires_grad_(False)
@@ -54,6 +70,24 @@ class FrozenBackboneModel(nn.Module):
                 if getattr(module, _FROZEN_TAG, False):
                     module.training = False
         return self
+
+    def frozen_state_keys(self) -> set[str]:
+        """State-dict keys of the frozen backbone tensors: the parameters that do not train, and the
+        buffers, of the modules `freeze_backbone` tagged. Modules inserted later (adapters, LoRA
+        layers, even inside a block) and trainable backbone parameters (CLS token...) are not among
+        them. An adapter-only checkpoint leaves these out."""
+        keys = set()
+        for module_name, module in self.named_modules():
+            if not frozen_by_freeze_backbone(module):
+                continue
+            prefix = f"{module_name}." if module_name else ""
+            keys.update(prefix + name for name, p in module.named_parameters(recurse=False) if not p.requires_grad)
+            keys.update(prefix + name for name, _ in module.named_buffers(recurse=False))
+        return keys
+
+    def canonical_key(self, key: str) -> str:
+        """`key` as the plain backbone names it; methods whose library renames modules override this."""
+        return key
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Visual Prompt Tuning (Jia et al., ECCV 2022) on a frozen backbone: methods `vpt_shallow` and
+"""Visual Prompt Tuning (Jia et al., ECCV 2022, arXiv 2203.12119) on a frozen backbone: methods `vpt_shallow` and
 `vpt_deep`.
 
 Learned prompt tokens sit right after the prefix tokens (CLS, registers) and before the patches, with
@@ -10,24 +10,34 @@ dropped before the final norm, so the backbone pools (CLS token, or the patch me
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
-from fgir.config import ConfigError, ModelConfig
+from fgir.config import ModelConfig
+from fgir.methods import register_method
 from fgir.models.backbone import Backbone
 from fgir.models.heads import LinearHead
-from fgir.models.peft.freezing import FrozenBackboneModel, freeze_backbone
+from fgir.models.peft.freezing import FrozenBackboneConfig, FrozenBackboneModel, freeze_backbone
+
+
+@dataclass
+class VPTConfig(FrozenBackboneConfig):
+    """VPT (arXiv 2203.12119, Section 3.2): learned prompt tokens on the frozen backbone."""
+
+    POSITIVE: ClassVar[tuple[str, ...]] = ("prompt_length",)
+    FRACTIONS: ClassVar[tuple[str, ...]] = ("prompt_dropout",)
+
+    prompt_length: int = 100  # VPT prompt tokens (per layer for VPT-Deep)
+    prompt_dropout: float = 0.0
 
 
 class PromptedViT(FrozenBackboneModel):
     def __init__(self, backbone: Backbone, num_classes: int, model: ModelConfig, deep: bool):
         super().__init__()
         peft = model.peft
-        if peft.prompt_length < 1:
-            raise ConfigError(
-                f"model.peft.prompt_length must be at least 1 for VPT, got {peft.prompt_length}"
-            )
         freeze_backbone(backbone, peft)
         self.backbone = backbone
         self.deep = deep
@@ -75,3 +85,7 @@ def build_vpt_shallow(backbone: Backbone, num_classes: int, model: ModelConfig) 
 
 def build_vpt_deep(backbone: Backbone, num_classes: int, model: ModelConfig) -> nn.Module:
     return PromptedViT(backbone, num_classes, model, deep=True)
+
+
+register_method("vpt_shallow", build=build_vpt_shallow, config=VPTConfig)
+register_method("vpt_deep", build=build_vpt_deep, config=VPTConfig)
