@@ -139,7 +139,7 @@ def _image_entries() -> list[tuple[str, str, object, str]]:
 
 
 def _symlink_loop(path: Path) -> None:
-    other = path.with_name("loop_other.jpg")
+    other = path.with_name("loop_other.link")  # no image extension: a folder scan meets the loop once
     path.symlink_to(other)
     other.symlink_to(path)
 
