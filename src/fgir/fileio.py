@@ -17,15 +17,29 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it replaces `path`, on error it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with _named_as(path):
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        yield Path(tmp)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        with _named_as(path):
+            yield Path(tmp)
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _named_as(path: Path) -> Iterator[None]:
+    """An OSError about the temporary file is reported as one about `path`: the temporary name
+    means nothing to the user (e.g. `--out` naming a folder: "out.json: Is a directory")."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is None or not Path(err.filename).name.startswith(f".{path.name}."):
+            raise
+        raise type(err)(err.errno, err.strerror, str(path)) from None
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -47,8 +47,23 @@ def csv_rows(path: Path) -> Iterator[tuple[csv.Reader, list[str]]]:
             for row in reader:
                 if row and any(field.strip() for field in row):
                     yield reader, row
-        except (csv.Error, UnicodeDecodeError) as err:
+        except csv.Error as err:
             raise DatasetFileError(f"{path}:{reader.line_num}: not a readable CSV file: {err}") from None
+        except UnicodeDecodeError:
+            # Decoding runs ahead of the CSV reader, a block at a time: its line count says nothing here.
+            line, byte = _first_non_utf8(path)
+            raise DatasetFileError(f"{path}:{line}: not UTF-8 text (byte 0x{byte:02x}); save the file as UTF-8") from None
+
+
+def _first_non_utf8(path: Path) -> tuple[int, int]:
+    """The 1-based line of the first byte that is not UTF-8, and that byte."""
+    with open(path, "rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as err:
+                return number, line[err.start]
+    raise AssertionError(f"{path} decodes as UTF-8 line by line")
 
 
 def parse_label(path: Path, line: int, text: str, num_classes: int | None) -> int:

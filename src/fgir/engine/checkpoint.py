@@ -161,7 +161,7 @@ def load_checkpoint(path: str | os.PathLike, *, with_train_state: bool = False) 
                 tensors = {k: handle.get_tensor(k) for k in keys if k.startswith(TRAIN_STATE + "/")}
                 train_state = unflatten(_entry(path, metadata, TRAIN_STATE, json.loads, dict), tensors)
     except SafetensorError as err:
-        raise CheckpointError(f"{path}: unreadable checkpoint ({err})") from err
+        raise unreadable_checkpoint(path, err) from err
     class_names = _entry(path, metadata, "class_names", json.loads, list)
     if not all(isinstance(name, str) for name in class_names):
         raise CheckpointError(f"{path}: damaged fgir checkpoint: metadata 'class_names' is not a list of names")
@@ -318,7 +318,22 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
         with safe_open(str(path), framework="pt") as handle:
             return handle.metadata() or {}
     except SafetensorError as err:
-        raise CheckpointError(f"{path}: unreadable checkpoint ({err})") from err
+        raise unreadable_checkpoint(path, err) from err
+
+
+# How torch.save files start: a zip archive (PyTorch >= 1.6) or a raw pickle (protocol 2 to 5).
+TORCH_SAVE_MAGIC = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
+
+
+def unreadable_checkpoint(path: Path, err: SafetensorError) -> CheckpointError:
+    """The error for a file safetensors cannot read; a torch.save file is told apart, since loading
+    one would unpickle it (which can run any code)."""
+    with open(path, "rb") as handle:
+        start = handle.read(4)
+    if start.startswith(TORCH_SAVE_MAGIC):
+        return CheckpointError(f"{path}: a torch.save (pickle) file, not an fgir checkpoint; it is refused, since "
+                               "unpickling can run any code (a GLSim paper release: fgir convert glsim-reference)")
+    return CheckpointError(f"{path}: unreadable checkpoint ({err})")
 
 
 def update_metadata(path: str | os.PathLike, entries: dict[str, str]) -> Path:

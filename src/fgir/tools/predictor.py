@@ -156,9 +156,10 @@ def expand_inputs(images: ImageInput | Iterable[ImageInput]) -> Iterator[tuple[s
 
 
 def image_files(folder: Path) -> list[Path]:
-    """Image files under `folder`, recursively, sorted; hidden files skipped (e.g. macOS `._x.jpg`)."""
-    return sorted(p for p in folder.rglob("*")
-                  if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file())
+    """Image files under `folder`, recursively, sorted; hidden files skipped (e.g. macOS `._x.jpg`).
+    A link that leads nowhere (broken, or a loop) is kept, so that it is reported, not passed over."""
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+                  and (p.is_file() or (p.is_symlink() and not p.is_dir())))
 
 
 def open_image(item: ImageInput, max_pixels: int = DataConfig.max_image_pixels) -> Image.Image:
