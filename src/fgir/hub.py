@@ -79,12 +79,19 @@ def pull(text: str) -> PulledRun:
     reference = parse_reference(text)
     folder = _snapshot(reference)
     manifest = _read_manifest(folder, reference)
-    checkpoint = folder / manifest.get("checkpoint", "checkpoints/best.safetensors")
+    checkpoint = _inside(folder, manifest.get("checkpoint", "checkpoints/best.safetensors"), reference)
     if not checkpoint.is_file():
         raise HubError(f"hub repo {reference.describe()}: holds no {checkpoint.relative_to(folder)}; "
                        "not a run pushed with fgir hub push")
     backbone = (manifest.get("backbone") or {}).get("file")
-    return PulledRun(folder, checkpoint, folder / backbone if backbone else None)
+    return PulledRun(folder, checkpoint, _inside(folder, backbone, reference) if backbone else None)
+
+
+def _inside(folder: Path, name: object, reference: HubReference) -> Path:
+    """A path the manifest names, which must stay inside the snapshot."""
+    if not isinstance(name, str) or Path(name).is_absolute() or ".." in Path(name).parts:
+        raise HubError(f"hub repo {reference.describe()}: {MANIFEST} names {name!r}, not a path inside the repository")
+    return folder / name
 
 
 def _snapshot(reference: HubReference) -> Path:

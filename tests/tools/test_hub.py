@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,8 @@ from fgir.cli import main
 from fgir.config import load_config
 from fgir.engine.trainer import train
 from fgir.hub import MANIFEST
-from fgir.tools.model_card import model_card, read_run
+from fgir.tools.hub_push import manifest, staged_files
+from fgir.tools.model_card import model_card, read_run, write_model_card
 
 pytestmark = pytest.mark.slow
 SRC = Path(__file__).resolve().parents[2] / "src"
@@ -89,7 +91,10 @@ def scenario(tmp_path_factory):
                                 predict("hf-hub:org/probe@main", image), ["load", "hf-hub:org/full", str(image)],
                                 ["load", "hf-hub:org/probe", str(image)], predict("hf-hub:org/missing", image),
                                 predict("hf-hub:org/full@v9", image), predict("hf-hub:", image),
-                                ["hub", "push", str(root), "org/not-a-run"])
+                                ["hub", "push", str(root), "org/not-a-run"],
+                                ["eval", "hf-hub:org/full", "--no-progress", "--device", "cpu"],
+                                ["calibrate", "hf-hub:org/full", "--no-progress"],
+                                ["bench", "hf-hub:org/probe", "--iters", "1", "--warmup", "0", "--device", "cpu"])
         hub.token = "hf_right"
         out["refused"] = run_batch(hub, home, root / "fresh", ["hub", "push", str(full), "org/full"],
                                    token="hf_wrong")
@@ -173,3 +178,30 @@ def test_a_refused_token_fails_the_push_in_one_line(scenario):
 def test_push_of_a_missing_folder_needs_no_hub(tmp_path, capsys):
     assert main(["hub", "push", str(tmp_path / "nothing"), "org/name"]) == 2
     assert "no such run folder" in capsys.readouterr().err
+    assert main(["hub", "push", str(tmp_path), "no-org"]) == 2
+    assert "REPO_ID 'no-org': expected ORG/NAME" in capsys.readouterr().err
+
+
+def test_other_verbs_take_a_hub_run_without_writing_into_the_cache(scenario):
+    (evaluated, _, eval_err), (calibrated, _, calibrate_err), (benched, bench_out, _) = scenario["pull"][8:11]
+    assert evaluated == 0, eval_err
+    report = json.loads((scenario["root"] / "fresh" / "eval-full-test" / "metrics.json").read_text())
+    local = json.loads((scenario["full"] / "test_metrics.json").read_text())["test"]
+    assert report["top1"] == local["top1"]
+    assert calibrated == 2 and "hf download org/full --local-dir" in calibrate_err
+    assert benched == 0 and json.loads(bench_out)["model"] == "linear/vit_tiny_patch16_224"
+
+
+def test_the_model_card_reads_the_run_and_names_a_hub_backbone(scenario, tmp_path):
+    run = read_run(scenario["adapter"])
+    card = write_model_card(scenario["adapter"], tmp_path / "README.md")
+    text = card.read_text()
+    test = json.loads((scenario["adapter"] / "test_metrics.json").read_text())["test"]
+    assert text.startswith("---\nlibrary_name: fgir\n") and f"| test | 9 | {test['top1']:.2f} |" in text
+    assert f"Trainable parameters: {run.trainable['trainable']:,} of" in text
+    assert "--weights PATH" in text  # no repository to ship the backbone in: the user gives it
+    on_hub = replace(run, backbone=replace(run.backbone, weights=None))
+    assert "base_model: timm/vit_tiny_patch16_224" in model_card(on_hub, "org/probe")
+    assert manifest(on_hub, staged_files(on_hub))["backbone"] == {
+        "model": "vit_tiny_patch16_224", "sha256": run.backbone.sha256, "tensors": run.backbone.tensors,
+        "source": "timm's Hugging Face Hub weights"}

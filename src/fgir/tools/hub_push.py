@@ -21,7 +21,7 @@ from huggingface_hub import constants as hub_constants
 
 from fgir.engine.checkpoint import BackboneIdentity
 from fgir.errors import FgirError
-from fgir.hub import HUB_ERRORS, MANIFEST, MANIFEST_FORMAT, failure_reason, parse_reference
+from fgir.hub import HUB_ERRORS, MANIFEST, MANIFEST_FORMAT, PREFIX, HubError, failure_reason, parse_reference
 from fgir.models.weights import weight_file
 from fgir.tools.model_card import CARD, RunSummary, model_card, read_run
 
@@ -73,7 +73,10 @@ def _backbone_entry(identity: BackboneIdentity, files: dict[str, Path]) -> dict:
 def push_run(run_dir: str | os.PathLike, repo_id: str, *, private: bool = False, revision: str | None = None,
              token: str | None = None, include_last: bool = False) -> PushResult:
     """Create `repo_id` if needed (private if asked) and upload the run to it in one commit."""
-    parse_reference(f"hf-hub:{repo_id}")  # the same names that pulling accepts
+    try:
+        parse_reference(PREFIX + repo_id)  # the names that pulling accepts
+    except HubError:
+        raise HubPushError(f"REPO_ID '{repo_id}': expected ORG/NAME (letters, digits, '-', '_', '.')") from None
     run = read_run(run_dir)
     files = staged_files(run, include_last)
     shipped = next((name for name in files if name.startswith(f"{BACKBONE_DIR}/")), None)
