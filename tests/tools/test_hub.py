@@ -7,6 +7,7 @@ process pays for importing torch), in a fresh working folder.
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -205,3 +206,16 @@ def test_the_model_card_reads_the_run_and_names_a_hub_backbone(scenario, tmp_pat
     assert manifest(on_hub, staged_files(on_hub))["backbone"] == {
         "model": "vit_tiny_patch16_224", "sha256": run.backbone.sha256, "tensors": run.backbone.tensors,
         "source": "timm's Hugging Face Hub weights"}
+
+
+def test_the_model_card_puts_the_papers_number_beside_the_run(scenario, tmp_path):
+    run = tmp_path / "cub-glsim"
+    shutil.copytree(scenario["full"], run)
+    summary = json.loads((run / "test_metrics.json").read_text())
+    summary["config"]["data"].update(name="cub", image_size=224)
+    summary["config"]["model"].update(method="glsim", backbone="vit_base_patch16_224.orig_in21k")
+    (run / "test_metrics.json").write_text(json.dumps(summary))
+    top1 = summary["test"]["top1"]
+    assert (f"Published: test top-1 90.93% (GLSim (arXiv:2407.12891) Table 4); this run {top1 - 90.93:+.2f} points."
+            in model_card(read_run(run)))
+    assert "No published number for synthetic / vit / 32 px / full fine-tuning" in model_card(read_run(scenario["full"]))

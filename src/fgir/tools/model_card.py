@@ -24,6 +24,7 @@ from fgir.engine.checkpoint import (
 )
 from fgir.errors import FgirError
 from fgir.fileio import atomic_write_text
+from fgir.tools.results import result_rows
 
 CARD = "README.md"
 METRIC_COLUMNS = (("top1", "top-1 %"), ("top5", "top-5 %"), ("mean_class_acc", "mean class acc. %"))
@@ -109,7 +110,7 @@ def model_card(run: RunSummary, repo_id: str | None = None, backbone_file: str |
     lines = [_front_matter(run), f"# {config.train.run_name or run.run_dir.name}", "",
              f"{_method(model.method)}, trained with `fgir` on {data.name} ({run.class_count} classes) at "
              f"{data.image_size} px; backbone {_backbone(model)}, seed {config.train.seed}.", "", "## Results", ""]
-    lines += _scores_table(run)
+    lines += _scores_table(run) + _paper_line(run)
     if run.trainable:
         share = 100 * run.trainable["trainable"] / max(run.trainable["total"], 1)
         lines += ["", f"Trainable parameters: {run.trainable['trainable']:,} of {run.trainable['total']:,} "
@@ -170,6 +171,20 @@ def _scores_table(run: RunSummary) -> list[str]:
         values = " | ".join(_percent(metrics.get(key)) for key, _ in METRIC_COLUMNS)
         rows.append(f"| {split} | {metrics.get('num_samples', '')} | {values} |")
     return [*rows, "", f"Checkpoint `checkpoints/{run.checkpoint.name}`{epoch}."]
+
+
+def _paper_line(run: RunSummary) -> list[str]:
+    """The published top-1 for this dataset / method / backbone / size / setting (fgir results)."""
+    if "test" not in run.scores or run.trainable is None:
+        return []
+    [row] = result_rows([run.run_dir])
+    if row.paper is None:
+        setting = "frozen backbone" if row.setting == "frozen" else "full fine-tuning"
+        return ["", f"No published number for {row.dataset} / {row.method} / {row.image_size} px / {setting} in "
+                    "the papers fgir reproduces."]
+    about = "about " if row.paper.approximate else ""
+    return ["", f"Published: test top-1 {about}{row.paper.top1:.2f}% ({row.paper.source}); this run "
+                f"{row.difference:+.2f} points."]
 
 
 def _percent(value: Any) -> str:
