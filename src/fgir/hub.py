@@ -27,6 +27,7 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.utils import validate_repo_id
 
+from fgir import __version__
 from fgir.errors import FgirError
 
 PREFIX = "hf-hub:"
@@ -51,8 +52,7 @@ class HubReference:
 
 @dataclass(frozen=True)
 class PulledRun:
-    folder: Path  # the snapshot in the Hub cache
-    checkpoint: Path
+    checkpoint: Path  # in the snapshot, in the Hub cache
     backbone: Path | None  # the shipped backbone weights of an adapter-only checkpoint
 
 
@@ -84,7 +84,7 @@ def pull(text: str) -> PulledRun:
         raise HubError(f"hub repo {reference.describe()}: holds no {checkpoint.relative_to(folder)}; "
                        "not a run pushed with fgir hub push")
     backbone = (manifest.get("backbone") or {}).get("file")
-    return PulledRun(folder, checkpoint, _inside(folder, backbone, reference) if backbone else None)
+    return PulledRun(checkpoint, _inside(folder, backbone, reference) if backbone else None)
 
 
 def _inside(folder: Path, name: object, reference: HubReference) -> Path:
@@ -95,8 +95,6 @@ def _inside(folder: Path, name: object, reference: HubReference) -> Path:
 
 
 def _snapshot(reference: HubReference) -> Path:
-    from fgir import __version__
-
     try:
         return Path(huggingface_hub.snapshot_download(reference.repo_id, revision=reference.revision,
                                                       library_name="fgir", library_version=__version__))

@@ -83,8 +83,11 @@ def scenario(tmp_path_factory):
     with StandInHub() as hub:
         out["push"] = run_batch(hub, home, root / "pusher",
                                 ["hub", "push", str(full), "org/full"], ["hub", "push", str(adapter), "org/probe"],
-                                predict(str(full), image), predict(str(adapter), image))
+                                predict(str(full), image), predict(str(adapter), image),
+                                ["hub", "push", str(full), "org/secret", "--revision", "v1", "--private"])
         out["files"] = {repo: hub.files(repo) for repo in ("org/full", "org/probe")}
+        out["v1"], out["main"] = hub.files("org/secret", "v1"), hub.files("org/secret", "main")
+        out["private"] = hub.repos["org/secret"].private
         out["front_matter"] = hub.front_matter
         # The backbone file leaves this machine's disk: pulling must bring it.
         (root / "backbone.safetensors").rename(root / "backbone-moved.safetensors")
@@ -108,7 +111,7 @@ def scenario(tmp_path_factory):
 
 
 def test_push_uploads_every_file_of_the_run_byte_for_byte(scenario):
-    assert [status for status, _, _ in scenario["push"]] == [0, 0, 0, 0], scenario["push"]
+    assert [status for status, _, _ in scenario["push"]] == [0, 0, 0, 0, 0], scenario["push"]
     full, files = scenario["full"], scenario["files"]["org/full"]
     run_files = ["config.yaml", "metrics.json", "metrics.csv", "test_metrics.json", "trainable_params.json",
                  "checkpoints/best.safetensors"]
@@ -118,6 +121,9 @@ def test_push_uploads_every_file_of_the_run_byte_for_byte(scenario):
     assert files["README.md"].decode() == model_card(read_run(full), "org/full")
     assert json.loads(files[MANIFEST]) == {"format": "fgir-hub/1", "checkpoint": "checkpoints/best.safetensors"}
     assert "pushed 8 files to org/full" in scenario["push"][0][1]
+    # --revision: a new branch holds the run, main stays as created; --private: a private repository
+    assert {name: scenario["v1"][name] for name in run_files} == {name: files[name] for name in run_files}
+    assert scenario["main"] == {} and scenario["private"]
 
 
 def test_an_adapter_only_run_ships_its_backbone_file(scenario):

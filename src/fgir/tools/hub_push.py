@@ -64,8 +64,13 @@ def manifest(run: RunSummary, files: dict[str, Path]) -> dict:
     return entry
 
 
+def shipped_backbone(files: dict[str, Path]) -> str | None:
+    """The repository path of the backbone file among `files`, if one is shipped."""
+    return next((name for name in files if name.startswith(f"{BACKBONE_DIR}/")), None)
+
+
 def _backbone_entry(identity: BackboneIdentity, files: dict[str, Path]) -> dict:
-    shipped = next((name for name in files if name.startswith(f"{BACKBONE_DIR}/")), None)
+    shipped = shipped_backbone(files)
     fields = {key: value for key, value in asdict(identity).items() if key != "weights"}
     return {**fields, "file": shipped} if shipped else {**fields, "source": "timm's Hugging Face Hub weights"}
 
@@ -79,14 +84,13 @@ def push_run(run_dir: str | os.PathLike, repo_id: str, *, private: bool = False,
         raise HubPushError(f"REPO_ID '{repo_id}': expected ORG/NAME (letters, digits, '-', '_', '.')") from None
     run = read_run(run_dir)
     files = staged_files(run, include_last)
-    shipped = next((name for name in files if name.startswith(f"{BACKBONE_DIR}/")), None)
     api = huggingface_hub.HfApi(token=token, library_name="fgir")
     with tempfile.TemporaryDirectory(prefix="fgir-hub-") as staging:
         root = Path(staging)
         for name, source in files.items():
             (root / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, root / name)
-        (root / CARD).write_text(model_card(run, repo_id, shipped))
+        (root / CARD).write_text(model_card(run, repo_id, shipped_backbone(files)))
         (root / MANIFEST).write_text(json.dumps(manifest(run, files), indent=1) + "\n")
         try:
             api.create_repo(repo_id, private=private, exist_ok=True)
