@@ -28,9 +28,10 @@ from huggingface_hub.errors import (
 from huggingface_hub.utils import validate_repo_id
 
 from fgir import __version__
+from fgir.config import HUB_PREFIX
 from fgir.errors import FgirError
 
-PREFIX = "hf-hub:"
+PREFIX = HUB_PREFIX
 MANIFEST = "fgir_hub.json"
 MANIFEST_FORMAT = "fgir-hub/1"
 # What a failed Hub call raises: its own HTTP errors (OSError), the HTTP client's connection errors.
@@ -100,10 +101,12 @@ def _snapshot(reference: HubReference) -> Path:
                                                       library_name="fgir", library_version=__version__))
     except HUB_ERRORS as err:
         online = "skipped (HF_HUB_OFFLINE is set)" if huggingface_hub.is_offline_mode() else failure_reason(err)
+        # A revision the Hub says does not exist is not looked for in the cache (snapshot_download's rule).
+        cache = "" if isinstance(err, RevisionNotFoundError) else \
+            f" and the hub cache at {hub_constants.HF_HUB_CACHE} (not present there)"
         raise HubError(
-            f"hub repo {reference.describe()} could not be pulled; tried {hub_constants.ENDPOINT} ({online}) "
-            f"and the hub cache at {hub_constants.HF_HUB_CACHE} (not present there). Check the name and "
-            "revision, HF_TOKEN for a private repo, or pull it once while online"
+            f"hub repo {reference.describe()} could not be pulled; tried {hub_constants.ENDPOINT} ({online}){cache}. "
+            "Check the name and revision, HF_TOKEN for a private repo, or pull it once while online"
         ) from None
 
 

@@ -171,6 +171,7 @@ def test_unknown_repo_revision_empty_name_and_a_non_run_fail_with_exit_2(scenari
     missing, revision, empty, not_run = scenario["pull"][4:8]
     assert missing[0] == 2 and "org/missing@main" in missing[2] and "no such repository" in missing[2]
     assert revision[0] == 2 and "org/full@v9" in revision[2] and "no such revision" in revision[2]
+    assert "hub cache" not in revision[2]  # the Hub said it does not exist: no cache lookup
     assert empty[0] == 2 and "'hf-hub:'" in empty[2]
     assert not_run[0] == 2 and "not a run folder" in not_run[2]
     for _, _, err in (missing, revision, empty, not_run):
