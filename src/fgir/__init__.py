@@ -2,6 +2,7 @@
 
     import fgir
     model = fgir.load("runs/my-run")          # a run directory or a checkpoint file
+    model = fgir.load("hf-hub:org/cub-glsim")  # a run pushed with `fgir hub push`
     model.predict("bird.jpg", topk=5)
     fgir.load_onnx("cub.onnx").predict("bird.jpg")  # a file from `fgir export onnx`, on onnxruntime
 """
@@ -12,7 +13,8 @@ __version__ = "0.1.0"
 
 
 def load(path: str, device: str = "auto", weights: str | None = None):
-    """A ready-to-use predictor from a checkpoint file or run directory (no dataset needed);
+    """A ready-to-use predictor from a checkpoint file, a run directory or `hf-hub:ORG/NAME[@revision]`
+    (no dataset needed);
     `weights`: the backbone weights of an adapter-only checkpoint, if not where it was trained."""
     from fgir.tools.predictor import Predictor
 

@@ -212,6 +212,15 @@ def cmd_export_onnx(args: argparse.Namespace) -> None:
     print(f"predict with: fgir predict --onnx {args.out} <image or folder>")
 
 
+def cmd_hub_push(args: argparse.Namespace) -> None:
+    from fgir.tools.hub_push import push_run
+
+    result = push_run(args.run, args.repo_id, private=args.private, revision=args.revision, token=args.token,
+                      include_last=args.last)
+    print(f"pushed {len(result.files)} files to {result.repo_id}: {result.commit_url}")
+    print(f"predict with: fgir predict hf-hub:{result.repo_id} <image or folder>")
+
+
 def _add_onnx_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--onnx", action="store_true",
                    help="CHECKPOINT is an .onnx file from fgir export onnx: run it on onnxruntime (CPU; needs "
@@ -452,6 +461,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="output .onnx")
     _add_weights_argument(p)
     p.set_defaults(func=cmd_export_onnx)
+
+    p = verbs.add_parser("hub", help="share runs on the Hugging Face Hub (pull: hf-hub:ORG/NAME wherever a "
+                                     "checkpoint is taken)")
+    hub_verbs = p.add_subparsers(dest="hub_verb", required=True)
+    p = hub_verbs.add_parser("push", help="upload a finished run: its checkpoint, config, metrics, plots, model "
+                                          "card and, for an adapter-only checkpoint, its backbone file")
+    p.add_argument("run", help="the run directory")
+    p.add_argument("repo_id", metavar="REPO_ID", help="ORG/NAME; created if it does not exist")
+    p.add_argument("--private", action="store_true", help="create the repository private")
+    p.add_argument("--revision", help="the branch to commit to (created from main if new; default: main)")
+    p.add_argument("--token", help="a Hugging Face token with write access (default: HF_TOKEN or the saved login)")
+    p.add_argument("--last", action="store_true", help="also upload checkpoints/last.safetensors (resumable)")
+    p.set_defaults(func=cmd_hub_push)
 
     p = verbs.add_parser("config", help="the resolved configuration and the schema's keys")
     config_verbs = p.add_subparsers(dest="config_verb", required=True)

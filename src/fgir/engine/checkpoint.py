@@ -35,6 +35,7 @@ from fgir.config import Config, absolute_path, from_dict, to_dict
 from fgir.engine.state_io import flatten, unflatten
 from fgir.errors import FgirError
 from fgir.fileio import atomic_path
+from fgir.hub import is_hub_reference, pull
 from fgir.methods.capabilities import frozen_state_keys
 from fgir.models.backbone import Backbone
 from fgir.models.state_fit import StateMismatch, vit_layout
@@ -130,7 +131,10 @@ def _unshare(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def resolve_checkpoint_path(path: str | os.PathLike) -> Path:
-    """Accept a checkpoint file, or a run directory (-> its best checkpoint, else its last)."""
+    """Accept a checkpoint file, a run directory (-> its best checkpoint, else its last), or a run
+    pushed to the Hugging Face Hub, `hf-hub:ORG/NAME[@revision]` (-> its pulled checkpoint)."""
+    if is_hub_reference(path):
+        return pull(path).checkpoint
     path = Path(path)
     if path.is_dir():
         for candidate in (path / "checkpoints" / "best.safetensors", path / "checkpoints" / "last.safetensors"):
@@ -252,9 +256,13 @@ def restore_model(path: str | os.PathLike, device: str | torch.device = "cpu",
 
     An adapter-only checkpoint also needs its pretrained backbone: from `weights` (a file or folder,
     as for model.weights) when given, else from the source it stores; either way its SHA-256 must be
-    the stored one. A full checkpoint holds its backbone and does not read `weights`."""
+    the stored one. A full checkpoint holds its backbone and does not read `weights`. A Hub run
+    (`hf-hub:...`) that ships its backbone file uses it when `weights` is None."""
     from fgir.methods import build_model  # the methods import torch models: only when one is rebuilt
 
+    if is_hub_reference(path):
+        pulled = pull(path)
+        path, weights = pulled.checkpoint, weights if weights is not None else pulled.backbone
     checkpoint = load_checkpoint(path)
     config, identity = checkpoint.config, checkpoint.backbone
     model_config = config.model

@@ -23,6 +23,7 @@ from fgir.config import Config, ConfigError, DataConfig, ModelConfig, load_confi
 from fgir.engine.acceleration import compile_model, use_channels_last
 from fgir.engine.checkpoint import restore_model
 from fgir.engine.device import autocast, resolve_device, resolve_precision
+from fgir.hub import is_hub_reference
 from fgir.methods import build_model
 from fgir.methods.capabilities import SelectsRegions
 
@@ -143,10 +144,10 @@ def benchmark_target(target: str | os.PathLike | list[str | os.PathLike], overri
     needed)."""
     sources = [target] if isinstance(target, str | os.PathLike) else list(target)
     path = Path(sources[0])
-    if len(sources) == 1 and (path.is_dir() or path.suffix == ".safetensors"):
+    if len(sources) == 1 and (is_hub_reference(sources[0]) or path.is_dir() or path.suffix == ".safetensors"):
         if overrides:
             raise ConfigError(f"overrides apply to a recipe, not to the checkpoint {path}: {' '.join(overrides)}")
-        return benchmark_checkpoint(path, weights=weights, **kwargs)
+        return benchmark_checkpoint(sources[0], weights=weights, **kwargs)
     recipe = " ".join(str(source) for source in sources)
     if weights is not None:
         raise ConfigError(f"--weights applies to a checkpoint; the recipe {recipe} is benchmarked with random weights")

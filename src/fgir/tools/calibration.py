@@ -20,6 +20,7 @@ from fgir.config import DataConfig
 from fgir.engine.checkpoint import CheckpointError, read_metadata, update_metadata
 from fgir.engine.metrics import CHUNK_ROWS, expected_calibration_error, negative_log_likelihood
 from fgir.errors import FgirError
+from fgir.hub import PREFIX, is_hub_reference
 from fgir.tools.scoring import score_split
 
 CALIBRATION_KEY = "calibration"  # checkpoint metadata entry: JSON with "temperature" and fit details
@@ -124,6 +125,12 @@ def calibrate_checkpoint(
     replaces the stored temperature. Returns what was stored plus the checkpoint path.
     `weights`: the backbone weights of an adapter-only checkpoint (see `restore_model`).
     """
+    if is_hub_reference(checkpoint_path):
+        raise CalibrationError(
+            f"{checkpoint_path}: calibrating rewrites the checkpoint, and a pulled Hub run is a read-only "
+            f"file of the Hub cache; download a copy (hf download {checkpoint_path.removeprefix(PREFIX)} "
+            "--local-dir DIR) and calibrate DIR"
+        )
     scored = score_split(checkpoint_path, split, data_overrides=data_overrides, device=device,
                          precision=precision, batch_size=batch_size, progress=progress, weights=weights)
     temperature = fit_temperature(scored.logits, scored.labels)

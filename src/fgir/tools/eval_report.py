@@ -31,6 +31,7 @@ from fgir.engine.metrics import (
 )
 from fgir.errors import FgirError
 from fgir.fileio import atomic_write_csv, atomic_write_text
+from fgir.hub import is_hub_reference, parse_reference
 from fgir.tools.calibration import ECE_BINS, read_calibration
 from fgir.tools.plots import accuracy_vs_frequency, confusion_heatmap, reliability_diagram
 from fgir.tools.scoring import score_split
@@ -73,6 +74,8 @@ def evaluate_checkpoint(
                          precision=precision, batch_size=batch_size, progress=progress, compile=compile,
                          weights=weights)
     path, data, class_names = scored.path, scored.data, scored.checkpoint.class_names
+    if out_dir is None and is_hub_reference(checkpoint_path):  # not into the Hub cache
+        out_dir = f"eval-{parse_reference(checkpoint_path).repo_id.rpartition('/')[2]}-{split}"
     out = Path(out_dir) if out_dir is not None else default_report_dir(path, split)
     logits, labels = scored.logits, scored.labels
     confusion = confusion_matrix(logits.argmax(dim=1), labels, len(class_names))

@@ -15,7 +15,7 @@ from fgir.config import Config, ConfigError, DataConfig, apply_overrides
 from fgir.data import ImageListDataset, build_dataset, build_loader, build_transform
 from fgir.data.preflight import preflight
 from fgir.engine.acceleration import compile_model
-from fgir.engine.checkpoint import Checkpoint, resolve_checkpoint_path, restore_model
+from fgir.engine.checkpoint import Checkpoint, restore_model
 from fgir.engine.device import resolve_device, resolve_precision
 from fgir.engine.evaluator import predict_loader
 
@@ -65,9 +65,9 @@ def score_split(
     first batches pay for the compilation). `weights`: the pretrained backbone of an adapter-only
     checkpoint, instead of the source it stores (see `restore_model`).
     """
-    path = resolve_checkpoint_path(checkpoint_path)
     torch_device = resolve_device(device)
-    model, checkpoint = restore_model(path, torch_device, weights=weights)
+    model, checkpoint = restore_model(checkpoint_path, torch_device, weights=weights)
+    path = checkpoint.path
     if compile:
         compile_model(model, frozen_weights=True)
     data = checkpoint_data(checkpoint.config, data_overrides)
