@@ -149,11 +149,14 @@ def test_cli_serve_passes_its_options(monkeypatch):
     assert cli.main(["serve", "runs/x"]) == 0
     assert cli.main(["serve", "runs/y", "--host", "0.0.0.0", "--port", "8001", "--share", "--device", "cpu",
                      "--unknown-below", "0.4", "--concurrency", "2"]) == 0
+    assert cli.main(["serve", "model.onnx", "--onnx"]) == 0
     assert calls == [
         (("runs/x",), dict(host="127.0.0.1", port=7860, share=False, device="auto", unknown_below=None, weights=None,
-                           concurrency=1)),
+                           concurrency=1, onnx=False)),
         (("runs/y",), dict(host="0.0.0.0", port=8001, share=True, device="cpu", unknown_below=0.4, weights=None,
-                           concurrency=2)),
+                           concurrency=2, onnx=False)),
+        (("model.onnx",), dict(host="127.0.0.1", port=7860, share=False, device="auto", unknown_below=None,
+                               weights=None, concurrency=1, onnx=True)),
     ]
 
 

@@ -8,7 +8,7 @@ from conftest import tiny_backbone
 from fgir.config import ConfigError, model_config
 from fgir.models.backbone import Backbone
 from fgir.models.ila import ILAConfig, InterLayerAdapter, build_ila, build_ila_plus, build_ila_pp
-from fgir.models.peft.freezing import trainable_report
+from fgir.models.trainable import trainable_report
 
 SPEC_DS_ILA = {  # spec/ila.md, D=768, d=8
     "down": 6152,

@@ -73,7 +73,7 @@ from fgir.fileio import atomic_write_text
 from fgir.methods import build_model
 from fgir.methods.capabilities import extra_loss
 from fgir.methods.checks import check_before_work
-from fgir.models.peft.freezing import trainable_report
+from fgir.models.trainable import trainable_report
 
 
 @dataclass

@@ -7,8 +7,8 @@ from fgir.models.peft.freezing import (
     FrozenBackboneConfig,
     FrozenBackboneModel,
     freeze_backbone,
-    trainable_report,
 )
+from fgir.models.trainable import trainable_report
 
 
 class _Probe(FrozenBackboneModel):

@@ -1,12 +1,11 @@
 """Freezing a backbone for parameter-efficient training.
 
-Three things every frozen-backbone method needs:
+Two things every frozen-backbone method needs:
 - `freeze_backbone`: no backbone parameter trains except the ones the config names (CLS token,
   position embedding, final norm);
 - `FrozenBackboneModel.train`: the modules that were frozen stay in evaluation mode (dropout off,
   BatchNorm statistics fixed) while the modules a method adds train normally. Frozen modules are
-  tagged when frozen, so modules inserted later (adapters, LoRA layers) are never affected;
-- `trainable_report`: which modules train and how many parameters, printed and saved with a run.
+  tagged when frozen, so modules inserted later (adapters, LoRA layers) are never affected.
 """
 
 from __future__ import annotations
@@ -88,41 +87,3 @@ class FrozenBackboneModel(nn.Module):
     def canonical_key(self, key: str) -> str:
         """`key` as the plain backbone names it; methods whose library renames modules override this."""
         return key
-
-
-@dataclass(frozen=True)
-class ModuleCount:
-    module: str  # dotted path, shortened to `depth` components
-    trainable: int
-
-
-@dataclass(frozen=True)
-class TrainableReport:
-    modules: list[ModuleCount]
-    trainable: int
-    total: int
-
-    def to_dict(self) -> dict:
-        return {"trainable": self.trainable, "total": self.total,
-                "modules": {count.module: count.trainable for count in self.modules}}
-
-    def format(self) -> str:
-        width = max([len("total"), *(len(count.module) for count in self.modules)])
-        lines = [f"{count.module:<{width}}  {count.trainable:>12,}" for count in self.modules]
-        share = 100 * self.trainable / self.total if self.total else 0.0
-        lines.append(f"{'total':<{width}}  {self.trainable:>12,}  of {self.total:,} ({share:.2f}%)")
-        return "\n".join(lines)
-
-
-def trainable_report(model: nn.Module, depth: int = 4) -> TrainableReport:
-    """Trainable parameter counts grouped by module path (the first `depth` components of each
-    parameter's name, without the parameter's own name), in model order."""
-    counts: dict[str, int] = {}
-    total = 0
-    for name, parameter in model.named_parameters():
-        total += parameter.numel()
-        if parameter.requires_grad:
-            module = ".".join(name.split(".")[:-1][:depth]) or name
-            counts[module] = counts.get(module, 0) + parameter.numel()
-    modules = [ModuleCount(module, count) for module, count in counts.items()]
-    return TrainableReport(modules, sum(counts.values()), total)
