@@ -29,8 +29,8 @@ from fgir.engine.checkpoint import restore_model, save_checkpoint
 from fgir.methods import build_backbone, build_model, get_method
 from fgir.methods.capabilities import HasFrozenBackbone
 from fgir.models.backbone import Backbone
+from fgir.models.layers.attention_capture import attention_matrices, recorded_attention
 from fgir.models.peft.freezing import FrozenBackboneConfig
-from fgir.tools.attention import attention_matrices, recorded_attention
 from fgir.tools.explain import explanation_panels
 
 CLASSES = ["a", "b", "c"]

@@ -7,7 +7,8 @@ from torch.nn import functional as F
 from conftest import tiny_backbone
 from fgir.config import ConfigError, model_config
 from fgir.models.backbone import Backbone
-from fgir.models.ila import ILAConfig, InterLayerAdapter, build_ila, build_ila_plus, build_ila_pp
+from fgir.models.ila import ILAConfig, build_ila, build_ila_plus, build_ila_pp
+from fgir.models.layers.inter_layer_adapter import InterLayerAdapter
 from fgir.models.trainable import trainable_report
 
 SPEC_DS_ILA = {  # spec/ila.md, D=768, d=8

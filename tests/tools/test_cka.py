@@ -9,7 +9,7 @@ from torch import nn
 from conftest import tiny_backbone, tiny_overrides
 from fgir.engine.checkpoint import save_checkpoint
 from fgir.methods import build_model
-from fgir.tools.attention import attention_matrices
+from fgir.models.layers.attention_capture import attention_matrices
 from fgir.tools.cka import (
     analyze_cka,
     center_gram,

@@ -9,11 +9,10 @@ from fgir.engine.checkpoint import save_checkpoint
 from fgir.methods import build_model
 from fgir.models.backbone import Backbone
 from fgir.models.glsim import GLSimConfig
+from fgir.models.layers.attention_capture import attention_matrices, recorded_attention
 from fgir.tools.attention import (
-    attention_matrices,
     attention_rollout,
     last_layer_cls_attention,
-    recorded_attention,
 )
 from fgir.tools.explain import explain_images, explanation_panels
 

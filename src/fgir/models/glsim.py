@@ -8,8 +8,6 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-from timm.layers import LayerNorm
-from timm.models.vision_transformer import Block, init_weights_vit_timm
 from torch import nn
 
 from fgir.config import ModelConfig
@@ -27,6 +25,7 @@ from fgir.models.gls import (
     selection_flops,
 )
 from fgir.models.heads import LinearHead
+from fgir.models.layers.aggregator import Aggregator
 
 
 @dataclass
@@ -65,27 +64,6 @@ class GLSimOutput:
         return GLSimOutput(
             self.logits[:count], self.scores[:count], self.indices[:count], self.boxes[:count], crops
         )
-
-
-def aggregator_heads(dim: int) -> int:
-    """Heads of 64 channels as in the backbone (12 for ViT-B); tiny widths fall back to a divisor."""
-    heads = max(1, dim // 64)
-    while dim % heads:
-        heads -= 1
-    return heads
-
-
-class Aggregator(nn.Module):
-    """One randomly initialised pre-norm ViT block plus a final LayerNorm over the fused tokens."""
-
-    def __init__(self, dim: int):
-        super().__init__()
-        self.block = Block(dim, aggregator_heads(dim), mlp_ratio=4.0, qkv_bias=True)
-        self.norm = LayerNorm(dim)
-        self.block.apply(init_weights_vit_timm)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.block(tokens))
 
 
 class GLSim(nn.Module):

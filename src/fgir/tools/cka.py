@@ -31,8 +31,8 @@ from fgir.engine.device import resolve_device
 from fgir.fileio import atomic_write_csv
 from fgir.methods import build_model
 from fgir.models.backbone import Backbone
+from fgir.models.layers.attention_capture import recorded_attention
 from fgir.recipes import is_recipe_name
-from fgir.tools.attention import recorded_attention
 from fgir.tools.plots import save_figure
 from fgir.tools.predictor import expand_inputs, open_image
 

@@ -7,13 +7,9 @@ from torch.nn import functional as F
 
 from conftest import tiny_backbone
 from fgir.config import model_config
-from fgir.models.peft.adapters import (
-    BottleneckAdapter,
-    ConvPass,
-    attach_parallel_adapters,
-    build_adapter,
-    build_convpass,
-)
+from fgir.models.layers.bottleneck_adapter import BottleneckAdapter
+from fgir.models.layers.conv_pass import ConvPass
+from fgir.models.peft.adapters import attach_parallel_adapters, build_adapter, build_convpass
 from fgir.models.peft.freezing import FrozenBackboneConfig, freeze_backbone
 
 

@@ -18,15 +18,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
-import torch
 from torch import nn
-from torch.nn import functional as F
 
 from fgir.config import ModelConfig
 from fgir.methods import register_method
 from fgir.models.backbone import Backbone
+from fgir.models.layers.bottleneck_adapter import BottleneckAdapter, ParallelAdapter
+from fgir.models.layers.conv_pass import ConvPass
+from fgir.models.layers.grid import Grid
 from fgir.models.peft.freezing import FrozenBackboneConfig, freeze_backbone
-from fgir.models.peft.frozen_classifier import FrozenClassifier, Grid
+from fgir.models.peft.frozen_classifier import FrozenClassifier
 
 SITES = ("attn", "mlp")
 
@@ -40,98 +41,6 @@ class AdapterConfig(FrozenBackboneConfig):
 
     bottleneck: int = 8  # hidden width of bottleneck adapters, ConvPass and ILA modules
     dropout: float = 0.1  # dropout at the output of adapters and ILA modules
-
-
-@torch.no_grad()
-def init_bottleneck(down: nn.Linear, up: nn.Linear) -> None:
-    """Xavier down-projection, zero up-projection: the adapter adds nothing at the start."""
-    nn.init.xavier_uniform_(down.weight)
-    nn.init.zeros_(down.bias)
-    nn.init.zeros_(up.weight)
-    nn.init.zeros_(up.bias)
-
-
-class ParallelAdapter(nn.Module):
-    """Base of in-block adapters: `forward(x)` is what gets added to the sub-layer's output."""
-
-    def add_to_output(self, sublayer: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-        """Forward hook on the sub-layer (a bound method, so deep copies rebind it to the copy)."""
-        return output + self(args[0])
-
-
-class BottleneckAdapter(ParallelAdapter):
-    """x -> dropout(up(GELU(down(x)))) * scale; 2*D*d + d + D parameters (13,064 for D=768, d=8)."""
-
-    def __init__(self, dim: int, bottleneck: int = 8, *, dropout: float = 0.1, scale: float = 1.0):
-        super().__init__()
-        self.scale = scale
-        self.down = nn.Linear(dim, bottleneck)
-        self.act = nn.GELU()
-        self.up = nn.Linear(bottleneck, dim)
-        self.dropout = nn.Dropout(dropout)
-        init_bottleneck(self.down, self.up)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.up(self.act(self.down(tokens)))) * self.scale
-
-
-class QuickGELU(nn.Module):
-    """ConvPass's activation (CLIP's GELU approximation)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.sigmoid(1.702 * x)
-
-
-class ConvPass(ParallelAdapter):
-    """ConvPass (Jie & Deng, 2022): down-projection, QuickGELU, 3x3 convolution (padding 1) over the
-    patch grid, QuickGELU, up-projection, dropout, times `scale`. Prefix tokens (CLS, registers) go
-    through the convolution as 1x1 maps, i.e. through its centre tap only.
-    13,648 parameters for D=768, d=8 (down 6,152, conv 584, up 6,912). The convolution starts as the
-    identity (centre tap = identity matrix), the up-projection at zero.
-
-    `grid` must be set to the patch grid of the current images before the forward pass
-    (`ConvPassClassifier` does it)."""
-
-    def __init__(
-        self,
-        dim: int,
-        num_prefix_tokens: int,
-        bottleneck: int = 8,
-        *,
-        dropout: float = 0.1,
-        scale: float = 1.0,
-    ):
-        super().__init__()
-        self.num_prefix_tokens = num_prefix_tokens
-        self.scale = scale
-        self.grid: Grid | None = None
-        self.down = nn.Linear(dim, bottleneck)
-        self.conv = nn.Conv2d(bottleneck, bottleneck, 3, padding=1)
-        self.act = QuickGELU()
-        self.up = nn.Linear(bottleneck, dim)
-        self.dropout = nn.Dropout(dropout)
-        init_bottleneck(self.down, self.up)
-        with torch.no_grad():
-            nn.init.zeros_(self.conv.weight)
-            self.conv.weight[:, :, 1, 1] = torch.eye(bottleneck)
-            nn.init.zeros_(self.conv.bias)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        if self.grid is None:
-            raise RuntimeError("ConvPass.grid is not set: set it to the patch grid (rows, columns) first")
-        height, width = self.grid
-        prefix = self.num_prefix_tokens
-        if tokens.shape[1] != prefix + height * width:
-            raise ValueError(
-                f"ConvPass got {tokens.shape[1]} tokens, expected {prefix + height * width} "
-                f"({prefix} prefix + {height}x{width} patch grid)"
-            )
-        hidden = self.act(self.down(tokens))
-        patches = hidden[:, prefix:].transpose(1, 2).reshape(tokens.shape[0], -1, height, width)
-        patches = self.conv(patches).flatten(2).transpose(1, 2)
-        prefix_hidden = F.linear(hidden[:, :prefix], self.conv.weight[:, :, 1, 1], self.conv.bias)
-        hidden = self.act(torch.cat([prefix_hidden, patches], dim=1))
-        return self.dropout(self.up(hidden)) * self.scale
 
 
 def attach_parallel_adapters(

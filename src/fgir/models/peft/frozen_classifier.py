@@ -21,9 +21,8 @@ from torch import nn
 
 from fgir.models.backbone import Backbone
 from fgir.models.heads import LinearHead
+from fgir.models.layers.grid import Grid
 from fgir.models.peft.freezing import FrozenBackboneModel
-
-Grid = tuple[int, int]
 
 # Backbone parameters that are not part of the token embedding (everything else is: patch embedding,
 # CLS and register tokens, position embedding, pre-norm).

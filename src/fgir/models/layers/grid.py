@@ -1,0 +1,3 @@
+"""The patch grid of a token sequence: (rows, columns), row-major after the prefix tokens."""
+
+Grid = tuple[int, int]
