@@ -13,3 +13,4 @@ import fgir.models.peft.lora  # lora
 import fgir.models.peft.bitfit  # bitfit
 import fgir.models.cnn  # cnn
 import fgir.models.mpncov  # mpncov
+import fgir.models.vqt  # vqt
