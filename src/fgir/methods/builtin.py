@@ -14,3 +14,4 @@ import fgir.models.peft.bitfit  # bitfit
 import fgir.models.cnn  # cnn
 import fgir.models.mpncov  # mpncov
 import fgir.models.vqt  # vqt
+import fgir.models.transfg  # transfg
