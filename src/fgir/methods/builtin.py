@@ -15,3 +15,4 @@ import fgir.models.cnn  # cnn
 import fgir.models.mpncov  # mpncov
 import fgir.models.vqt  # vqt
 import fgir.models.transfg  # transfg
+import fgir.models.ffvt  # ffvt
