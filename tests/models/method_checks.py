@@ -4,6 +4,8 @@ import math
 
 import torch
 
+from conftest import tiny_overrides
+from fgir.cli import main
 from fgir.engine.trainer import train
 from fgir.models.backbone import Backbone
 
@@ -29,3 +31,15 @@ def trains_one_epoch(tiny_config, *overrides: str) -> None:
     result = train(tiny_config("train.epochs=1", *overrides), progress=False)
     for metrics in (result.val_metrics, result.test_metrics):
         assert all(math.isfinite(value) for value in metrics.values() if isinstance(value, float)), metrics
+
+
+def refused_before_work(tmp_path, capsys, *overrides: str) -> str:
+    """`fgir train` with these overrides exits 2 with one error line before any work: no run header,
+    no run folder, no model built."""
+    assert main(["train", *tiny_overrides(tmp_path, *overrides), "--no-progress"]) == 2
+    out, err = capsys.readouterr()
+    assert "method " not in out, out
+    lines = [line for line in err.strip().splitlines() if not line.startswith("warning: ")]
+    assert len(lines) == 1 and lines[0].startswith("fgir train: error: "), lines
+    assert not (tmp_path / "runs").exists()
+    return lines[0]

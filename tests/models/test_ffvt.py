@@ -2,7 +2,7 @@ import math
 
 import pytest
 import torch
-from method_checks import added_parameters, trains_one_epoch, vit_b16
+from method_checks import added_parameters, refused_before_work, trains_one_epoch, vit_b16
 
 from conftest import tiny_backbone
 from fgir.config import ConfigError, model_config
@@ -72,9 +72,11 @@ def test_added_parameters_for_vit_b16_at_448():
     assert added_parameters(model) == {"fusion": VIT_B_BLOCK, "fusion_norm": 2 * 768, "head": 768 * 200 + 200}
 
 
-def test_more_tokens_per_layer_than_a_layer_has_is_refused():
+def test_more_tokens_per_layer_than_a_layer_has_is_refused_before_any_work(tmp_path, capsys):
     with pytest.raises(ConfigError, match=r"model\.ffvt\.tokens_per_layer=18 is more than the 17 tokens"):
         make(tokens_per_layer=18)
+    line = refused_before_work(tmp_path, capsys, "model.method=ffvt", "model.ffvt.tokens_per_layer=18")
+    assert line.endswith("model.ffvt.tokens_per_layer=18 is more than the 17 tokens of a layer")
 
 
 @pytest.mark.parametrize("frozen", ["true", "false"])

@@ -1,7 +1,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from method_checks import added_parameters, trains_one_epoch, vit_b16
+from method_checks import added_parameters, refused_before_work, trains_one_epoch, vit_b16
 
 from conftest import tiny_backbone
 from fgir.config import ConfigError, model_config
@@ -116,3 +116,9 @@ def test_overlapping_patches_on_the_tiny_vit():
 def test_one_epoch_through_the_trainer(tiny_config, frozen):
     trains_one_epoch(tiny_config, "model.method=transfg", "model.transfg.overlap_stride=6", f"model.transfg.frozen={frozen}",
                      "model.backbone_args={patch_size: 8, embed_dim: 32, depth: 3, num_heads: 2}")
+
+
+def test_an_overlap_stride_above_the_patch_size_is_refused_before_any_work(tmp_path, capsys):
+    line = refused_before_work(tmp_path, capsys, "model.method=transfg", "model.transfg.overlap_stride=9")
+    assert line.endswith("model.transfg.overlap_stride=9 is larger than the patch size 8: patches would leave gaps, "
+                         "not overlap")

@@ -25,7 +25,7 @@ from fgir.errors import ConfigError
 from fgir.methods import register_method
 from fgir.models.backbone import Backbone
 from fgir.models.freezable import FreezableConfig
-from fgir.models.part_fusion import PartFusionClassifier, gather_tokens
+from fgir.models.part_fusion import PartFusionClassifier, check_depth, gather_tokens
 
 
 @dataclass
@@ -47,13 +47,17 @@ def maws_scores(scores: torch.Tensor) -> torch.Tensor:
     return patch_to_cls * cls_to_patch
 
 
+def check_tokens_per_layer(count: int, patches: int | None) -> None:
+    """K may be at most the CLS token plus the patches of a layer."""
+    if patches is not None and count > patches + 1:
+        raise ConfigError(f"model.ffvt.tokens_per_layer={count} is more than the {patches + 1} tokens of a layer")
+
+
 class FFVT(PartFusionClassifier):
     method = "ffvt"
 
     def __init__(self, backbone: Backbone, num_classes: int, config: FFVTConfig, zero_init_head: bool = True):
-        if config.tokens_per_layer > backbone.num_prefix_tokens + backbone.grid_size[0] * backbone.grid_size[1]:
-            raise ConfigError(f"model.ffvt.tokens_per_layer={config.tokens_per_layer} is more than the "
-                              f"{backbone.grid_size[0] * backbone.grid_size[1] + 1} tokens of a layer")
+        check_tokens_per_layer(config.tokens_per_layer, backbone.grid_size[0] * backbone.grid_size[1])
         super().__init__(backbone, num_classes, config, zero_init_head, norm=LayerNorm(backbone.embed_dim))
         self.tokens_per_layer = config.tokens_per_layer
 
@@ -67,4 +71,10 @@ def build_ffvt(backbone: Backbone, num_classes: int, model: ModelConfig) -> FFVT
     return FFVT(backbone, num_classes, model.ffvt, zero_init_head=model.zero_init_head)
 
 
-register_method("ffvt", build=build_ffvt, config=FFVTConfig)
+def check_ffvt(config, facts) -> None:
+    """Depth and tokens per layer against the backbone, before any work."""
+    check_depth("ffvt", facts.depth, config.model.backbone)
+    check_tokens_per_layer(config.model.ffvt.tokens_per_layer, facts.patches)
+
+
+register_method("ffvt", build=build_ffvt, config=FFVTConfig, check=check_ffvt)

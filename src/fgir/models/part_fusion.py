@@ -18,6 +18,11 @@ from fgir.models.heads import LinearHead
 from fgir.models.peft.freezing import FrozenBackboneModel
 
 
+def check_depth(method: str, depth: int | None, model_name: str) -> None:
+    if depth is not None and depth < 2:
+        raise ConfigError(f"method {method} replaces the last of at least 2 blocks; {model_name} has {depth}")
+
+
 def fusion_block(backbone: Backbone) -> Block:
     """A new block shaped like the backbone's (width, heads, MLP width, qkv bias), timm-initialised."""
     last = backbone.blocks[-1]
@@ -40,9 +45,7 @@ class PartFusionClassifier(FrozenBackboneModel):
         if not backbone.has_cls_token or backbone.num_prefix_tokens != 1:
             raise ConfigError(f"method {self.method} selects patches by their attention with the CLS token: "
                               f"{backbone.model_name} needs one CLS token and no register tokens")
-        if backbone.num_blocks < 2:
-            raise ConfigError(f"method {self.method} replaces the last of at least 2 blocks; "
-                              f"{backbone.model_name} has {backbone.num_blocks}")
+        check_depth(self.method, backbone.num_blocks, backbone.model_name)
         check_plain_blocks(backbone.blocks, backbone.model_name, self.method)
         freeze_if_asked(backbone, config)
         self.backbone = backbone

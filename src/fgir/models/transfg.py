@@ -30,7 +30,7 @@ from fgir.errors import ConfigError
 from fgir.methods import register_method
 from fgir.models.backbone import Backbone
 from fgir.models.freezable import FreezableConfig
-from fgir.models.part_fusion import PartFusionClassifier, gather_tokens
+from fgir.models.part_fusion import PartFusionClassifier, check_depth, gather_tokens
 
 
 @dataclass
@@ -70,15 +70,19 @@ def contrastive_loss(features: torch.Tensor, labels: torch.Tensor, margin: float
     return cost.sum() / labels.shape[0] ** 2
 
 
+def check_overlap(stride: int, patch: tuple[int, int] | None) -> None:
+    if stride and patch is not None and stride > min(patch):
+        raise ConfigError(f"model.transfg.overlap_stride={stride} is larger than the patch size {patch[0]}: "
+                          "patches would leave gaps, not overlap")
+
+
 def use_overlapping_patches(backbone: Backbone, stride: int) -> None:
     """Make the patch embedding slide by `stride` and resample the position embedding to its grid."""
     vit, patch = backbone.vit, backbone.patch_size
     if getattr(vit, "dynamic_img_size", False) or not vit.patch_embed.strict_img_size:
         raise ConfigError("model.transfg.overlap_stride needs a backbone built for one image size "
                           "(no dynamic_img_size)")
-    if stride > min(patch):
-        raise ConfigError(f"model.transfg.overlap_stride={stride} is larger than the patch size {patch[0]}: "
-                          "patches would leave gaps, not overlap")
+    check_overlap(stride, patch)
     old = backbone.grid_size
     height, width = vit.patch_embed.img_size
     new = ((height - patch[0]) // stride + 1, (width - patch[1]) // stride + 1)
@@ -123,4 +127,10 @@ def build_transfg(backbone: Backbone, num_classes: int, model: ModelConfig) -> T
     return TransFG(backbone, num_classes, model.transfg, zero_init_head=model.zero_init_head)
 
 
-register_method("transfg", build=build_transfg, config=TransFGConfig)
+def check_transfg(config, facts) -> None:
+    """Depth and overlap stride against the backbone, before any work."""
+    check_depth("transfg", facts.depth, config.model.backbone)
+    check_overlap(config.model.transfg.overlap_stride, facts.patch_size)
+
+
+register_method("transfg", build=build_transfg, config=TransFGConfig, check=check_transfg)
