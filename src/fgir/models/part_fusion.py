@@ -13,6 +13,7 @@ from torch import nn
 from fgir.errors import ConfigError
 from fgir.models.attention_maps import block_with_scores, check_plain_blocks
 from fgir.models.backbone import Backbone
+from fgir.models.checkpointing import run_block
 from fgir.models.freezable import FreezableConfig, freeze_if_asked
 from fgir.models.heads import LinearHead
 from fgir.models.peft.freezing import FrozenBackboneModel
@@ -65,7 +66,7 @@ class PartFusionClassifier(FrozenBackboneModel):
         tokens = self.backbone.embed(images)
         layers, scores = [], []
         for block in self.backbone.blocks[:-1]:
-            tokens, layer_scores = block_with_scores(block, tokens)
+            tokens, layer_scores = run_block(self.backbone, block_with_scores, block, tokens)
             layers.append(tokens)
             scores.append(layer_scores)
         return layers, scores

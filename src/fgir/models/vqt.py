@@ -25,6 +25,7 @@ from torch import nn
 from fgir.config import ModelConfig
 from fgir.methods import register_method
 from fgir.models.backbone import Backbone
+from fgir.models.checkpointing import run_block
 from fgir.models.heads import LinearHead
 from fgir.models.peft.freezing import FrozenBackboneConfig, FrozenBackboneModel, freeze_backbone
 
@@ -75,7 +76,7 @@ class QueryTunedViT(FrozenBackboneModel):
         outputs = []
         for index, block in enumerate(self.backbone.blocks):
             queries = self.query_dropout(self.queries[index]).expand(tokens.shape[0], -1, -1).to(tokens.dtype)
-            joined = block(torch.cat([queries, tokens], dim=1), attn_mask=mask)
+            joined = run_block(self.backbone, block, torch.cat([queries, tokens], dim=1), attn_mask=mask)
             outputs.append(joined[:, : self.query_tokens])
             tokens = joined[:, self.query_tokens :]
         return outputs, tokens
