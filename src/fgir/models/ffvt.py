@@ -36,7 +36,7 @@ class FFVTConfig(FreezableConfig):
     section: ClassVar[str] = "ffvt"
     POSITIVE: ClassVar[tuple[str, ...]] = ("tokens_per_layer",)
 
-    frozen: bool = False
+    frozen: bool = False  # True: frozen backbone, the ILA table's setting; False: full fine-tuning
     tokens_per_layer: int = 12  # K (the reference doubles it for Stanford Dogs)
 
 

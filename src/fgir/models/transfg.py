@@ -42,7 +42,7 @@ class TransFGConfig(FreezableConfig):
     NON_NEGATIVE: ClassVar[tuple[str, ...]] = ("contrastive_weight", "overlap_stride")
     FRACTIONS: ClassVar[tuple[str, ...]] = ("margin",)
 
-    frozen: bool = False
+    frozen: bool = False  # True: frozen backbone, the ILA table's setting; False: full fine-tuning
     contrastive_weight: float = 0.1  # 0: no contrastive loss
     margin: float = 0.4  # cosine below which different classes cost nothing
     overlap_stride: int = 0  # patch stride of an overlapping patch embedding (12 in the paper); 0: off

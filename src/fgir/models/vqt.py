@@ -41,7 +41,7 @@ class VQTConfig(FrozenBackboneConfig):
     # T per layer. The reference shares VPT's 100 (a head of 922 K inputs on ViT-B); 3 is a common
     # VQT setting and is the closest to the ILA table's trainable parameter count.
     query_tokens: int = 3
-    query_dropout: float = 0.1
+    query_dropout: float = 0.1  # dropout on the queries before each block (the reference: 0.1)
 
 
 def tokens_ignore_queries(queries: int, tokens: int, device: torch.device) -> torch.Tensor:
