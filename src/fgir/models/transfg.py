@@ -12,7 +12,11 @@ papers' reference code runs it (arXiv 2407.12891, 2409.11051):
   (`extra_loss`). Under mixup or cutmix the pairs are judged by each sample's dominant class.
 - Overlapping patch embedding (Section 3.1), optional as in the reference: the patch convolution
   slides by `overlap_stride` (12) instead of the patch size; the position embedding is resampled to
-  the new grid. The reference's ILA runs leave it off.
+  the new grid.
+
+The two references differ in the last two: the GLSim paper's TransFG runs with overlapping patches
+(stride 12) and the contrastive loss, the ILA paper's (its method config) with neither, i.e.
+`overlap_stride=12` for the first and `contrastive_weight=0` for the second.
 """
 
 from __future__ import annotations
@@ -43,9 +47,9 @@ class TransFGConfig(FreezableConfig):
     FRACTIONS: ClassVar[tuple[str, ...]] = ("margin",)
 
     frozen: bool = False  # True: frozen backbone, the ILA table's setting; False: full fine-tuning
-    contrastive_weight: float = 0.1  # 0: no contrastive loss
+    contrastive_weight: float = 0.1  # 0: no contrastive loss (the ILA paper's runs)
     margin: float = 0.4  # cosine below which different classes cost nothing
-    overlap_stride: int = 0  # patch stride of an overlapping patch embedding (12 in the paper); 0: off
+    overlap_stride: int = 0  # stride of overlapping patches (12: the paper and GLSim's runs); 0: off (ILA's)
 
 
 def part_attention(probabilities: list[torch.Tensor]) -> torch.Tensor:
