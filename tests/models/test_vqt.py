@@ -65,9 +65,19 @@ def test_gradients_reach_queries_head_and_cls_token_only():
 def test_added_parameters_for_vit_b16_at_448():
     with torch.device("meta"):
         model = build_vqt(vit_b16(448), 200, model_config("vqt"))
-    # Reference shapes: prompts (12, T, 768), Linear(768 + 12 * 768 * T, classes); T = 3.
-    assert added_parameters(model) == {"queries": 12 * 3 * 768, "head": (768 + 12 * 3 * 768) * 200 + 200}
-    assert sum(added_parameters(model).values()) == 5_711_048
+    # Reference shapes: prompts (12, T, 768), Linear(768 + 12 * 768 * T, classes); T = 5.
+    assert added_parameters(model) == {"queries": 12 * 5 * 768, "head": (768 + 12 * 5 * 768) * 200 + 200}
+    assert sum(added_parameters(model).values()) == 9_415_880
+
+
+def test_the_ila_tables_trainable_parameters_imply_five_queries_per_layer():
+    # The five UFGIR heads the table's other rows imply: 1.7 M / 769 = 2,211 classes in all; with
+    # them MPN-COV (d = 64) gives 4.85 M (table 4.9) and TransFG 37.14 M (table 37.2).
+    classes, tasks = 2211, 5
+    def total(t):
+        return tasks * (12 * t * 768 + 768) + classes * (768 + 12 * t * 768 + 1)  # queries + CLS + heads
+    assert min(range(1, 11), key=lambda t: abs(total(t) - 106.0e6)) == VQTConfig().query_tokens == 5
+    assert abs(tasks * (768 * 64 + 128 + 768) + classes * (2080 + 1) - 4.9e6) < 0.1e6
 
 
 def test_one_epoch_through_the_trainer(tiny_config):
