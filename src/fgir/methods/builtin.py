@@ -12,3 +12,7 @@ import fgir.models.peft.vpt  # vpt_shallow, vpt_deep
 import fgir.models.peft.lora  # lora
 import fgir.models.peft.bitfit  # bitfit
 import fgir.models.cnn  # cnn
+import fgir.models.mpncov  # mpncov
+import fgir.models.vqt  # vqt
+import fgir.models.transfg  # transfg
+import fgir.models.ffvt  # ffvt
