@@ -89,6 +89,11 @@ CASES = {
     "vpt_deep": Case(("model.peft.prompt_length=2",)),
     "lora": Case(("model.peft.lora_rank=2",)),
     "bitfit": Case(trains=lambda name: name.endswith(".bias")),  # biases only: BitFit, arXiv 2106.10199
+    "mpncov": Case(),
+    "vqt": Case(),
+    # The last block is replaced by the part-fusion block (and FFVT's final norm by its own): unused, frozen.
+    "transfg": Case(freezes=lambda name: name.startswith("blocks.1.")),
+    "ffvt": Case(freezes=lambda name: name.startswith(("blocks.1.", "norm."))),
 }
 
 
@@ -183,18 +188,30 @@ def trained_by_peft(timm_name: str, peft: FrozenBackboneConfig) -> bool:
             or (timm_name.startswith("norm.") and peft.train_norm))
 
 
+def section_of(method: str, config: ModelConfig):
+    """The method's own config section (its frozen-backbone keys, where it has them), or None."""
+    section = get_method(method).section
+    return getattr(config, section) if section else None
+
+
+def backbone_frozen(method: str, model: nn.Module, config: ModelConfig) -> bool:
+    """The method declares a frozen backbone and, where it runs in both settings, is set to it."""
+    return has_frozen_backbone(model) and getattr(section_of(method, config), "frozen", True)
+
+
 def declared_trainable(method: str, model: nn.Module, config: ModelConfig) -> set[str]:
     """The parameters the method's rule says train: whatever it adds, and of the backbone's own
     weights all (fine-tuning) or those model.peft names (frozen), then the method's own exceptions."""
     case, pretrained = CASES[method], pretrained_names(model, config)
-    frozen = has_frozen_backbone(model)
+    flags = section_of(method, config)
+    frozen = backbone_frozen(method, model, config)
     trainable = set()
     for name, _ in model.named_parameters():
         timm_name = pretrained.get(name)
         if timm_name is None:
             trains = True
         elif frozen:
-            trains = trained_by_peft(timm_name, config.peft) or case.trains(timm_name)
+            trains = trained_by_peft(timm_name, flags) or case.trains(timm_name)
         else:
             trains = not case.freezes(timm_name)
         if trains:
@@ -276,7 +293,7 @@ def test_checkpoint_round_trip_is_bit_identical(tmp_path, tiny, method):
 
     with safe_open(str(path), framework="pt") as handle:
         stored = set(handle.keys())
-    if not has_frozen_backbone(model) or not config.model.pretrained:
+    if not backbone_frozen(method, model, config.model) or not config.model.pretrained:
         assert stored == model.state_dict().keys()
         return
     # Adapter-only: everything but the frozen pretrained weights, which the weights file holds.
@@ -366,7 +383,8 @@ def test_explanation(tiny, method):
 # modules these methods put between blocks (ILA) nor their prompt tokens (VPT): it draws the bare
 # pretrained backbone's attention, the same for every task trained on it. Their token layouts (a
 # patch grid that shrinks, prompts among the tokens) need the method to describe them to the tool.
-BARE_BACKBONE_ATTENTION = {"ila", "ila_plus", "ila_pp", "vpt_shallow", "vpt_deep"}
+# The same for the methods that run the blocks themselves: VQT's queries, TransFG's and FFVT's fusion.
+BARE_BACKBONE_ATTENTION = {"ila", "ila_plus", "ila_pp", "vpt_shallow", "vpt_deep", "vqt", "transfg", "ffvt"}
 
 
 @pytest.mark.parametrize("method", [
