@@ -11,6 +11,8 @@ def test_train_then_predict_eval_and_bench_from_the_checkpoint_alone(tmp_path, c
     out = capsys.readouterr().out
     checkpoint = tmp_path / "runs" / "cli" / "checkpoints" / "best.safetensors"
     assert f"checkpoint:    {checkpoint}" in out and "test top-1" in out
+    card = (tmp_path / "runs" / "cli" / "README.md").read_text()  # the model card a finished run gets
+    assert card.startswith("---\n") and "library_name: fgir" in card and "synthetic" in card
 
     image = tmp_path / "synthetic" / "images" / "square" / "test_0.png"
     kept = tmp_path / "kept.png"

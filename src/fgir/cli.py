@@ -42,6 +42,10 @@ def cmd_train(args: argparse.Namespace) -> None:
     result = train(config, progress=not args.no_progress, stop_after_epochs=args.stop_after_epochs)
     if int(os.environ.get("RANK", "0")) != 0:
         return  # under torchrun, rank 0 speaks for the run
+    if result.test_metrics is not None:
+        from fgir.tools.model_card import write_model_card
+
+        write_model_card(result.run_dir)  # README.md: what `fgir hub push` publishes
     print(f"run directory: {result.run_dir}")
     print(f"checkpoint:    {result.checkpoint}")
     print(f"predict with:  fgir predict {result.checkpoint} <image or folder>")

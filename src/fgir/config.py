@@ -144,6 +144,10 @@ class ModelConfig:
     # Extra keyword arguments for timm.create_model (e.g. depth, embed_dim for tiny test models).
     backbone_args: dict[str, Any] = field(default_factory=dict)
     drop_path: float = 0.0
+    # How the stochastic-depth rate is spread over the blocks: linear (timm's ramp from 0 to drop_path
+    # over depth) or uniform (drop_path in every block and in GLSim's aggregator, as the GLSim / ILA
+    # reference code builds it).
+    drop_path_layout: str = "linear"
     # Zero-initialised head (the fine-tuning recipes'): training starts from uniform predictions.
     # From scratch, a random head lets gradients reach the backbone from the first step.
     zero_init_head: bool = True
@@ -233,6 +237,7 @@ CHOICES = {
     "data.interpolation": ("bilinear", "bicubic"),
     "data.on_error": ("fail", "skip"),
     "data.preflight": ("auto", "on", "off"),
+    "model.drop_path_layout": ("linear", "uniform"),
     "train.optimizer": ("sgd", "adamw"),
     "train.schedule": ("standard", "reference"),
     "train.select": ("val", "last"),

@@ -224,7 +224,7 @@ def plan_run_dir(config: Config) -> Path:
 
 # What a run writes into its folder (RunLog's files included).
 RUN_OUTPUTS = ("config.yaml", "trainable_params.json", "metrics.json", "metrics.csv", "skipped_images.json",
-               "test_metrics.json", "tb", "wandb", "checkpoints")
+               "test_metrics.json", "tb", "wandb", "checkpoints", "README.md")
 
 
 def start_run_dir(run_dir: Path, config: Config) -> None:

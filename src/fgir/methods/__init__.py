@@ -102,7 +102,7 @@ def build_backbone(model: Any, image_size: int, pretrained: bool | None = None):
     """The ViT `Backbone` a method is built around, as `model` (a ModelConfig) names it."""
     from fgir.models.backbone import Backbone
 
-    return Backbone.create(
+    backbone = Backbone.create(
         model.backbone,
         pretrained=model.pretrained if pretrained is None else pretrained,
         weights=model.weights,
@@ -110,6 +110,9 @@ def build_backbone(model: Any, image_size: int, pretrained: bool | None = None):
         drop_path_rate=model.drop_path,
         **model.backbone_args,
     )
+    if model.drop_path_layout == "uniform":
+        backbone.set_uniform_drop_path(model.drop_path)
+    return backbone
 
 
 def build_model(model: Any, num_classes: int, image_size: int, pretrained: bool | None = None) -> nn.Module:

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
+from timm.layers import DropPath
 from timm.models import checkpoint
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
@@ -61,6 +62,12 @@ class Backbone(nn.Module):
             **timm_kwargs,
         )
         return cls(vit, model_name=name)
+
+    def set_uniform_drop_path(self, rate: float) -> None:
+        """The same stochastic-depth rate in every block (timm builds a linear ramp 0 -> rate)."""
+        for block in self.blocks:
+            block.drop_path1 = DropPath(rate) if rate > 0 else nn.Identity()
+            block.drop_path2 = DropPath(rate) if rate > 0 else nn.Identity()
 
     @property
     def embed_dim(self) -> int:

@@ -68,7 +68,8 @@ class GLSimOutput:
 
 class GLSim(nn.Module):
     def __init__(
-        self, backbone: Backbone, num_classes: int, config: GLSimConfig, zero_init_head: bool = True
+        self, backbone: Backbone, num_classes: int, config: GLSimConfig, zero_init_head: bool = True,
+        aggregator_drop_path: float = 0.0,
     ):
         super().__init__()
         self.backbone = backbone
@@ -83,7 +84,7 @@ class GLSim(nn.Module):
                     "none; use crop_cls='shared' (the mean patch token is then the global token)"
                 )
             self.crop_cls = nn.Parameter(backbone.vit.cls_token.detach().clone())
-        self.aggregator = Aggregator(backbone.embed_dim)
+        self.aggregator = Aggregator(backbone.embed_dim, drop_path=aggregator_drop_path)
         self.head = LinearHead(backbone.embed_dim, num_classes, zero_init=zero_init_head)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -179,7 +180,9 @@ class GLSim(nn.Module):
 
 
 def build_glsim(backbone: Backbone, num_classes: int, model: ModelConfig) -> GLSim:
-    return GLSim(backbone, num_classes, model.glsim, zero_init_head=model.zero_init_head)
+    # The reference code's aggregator block has the encoder's constant drop-path rate.
+    uniform = model.drop_path if model.drop_path_layout == "uniform" else 0.0
+    return GLSim(backbone, num_classes, model.glsim, zero_init_head=model.zero_init_head, aggregator_drop_path=uniform)
 
 
 def check_glsim(config, facts) -> None:

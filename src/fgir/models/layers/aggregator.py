@@ -20,9 +20,9 @@ def aggregator_heads(dim: int) -> int:
 class Aggregator(nn.Module):
     """One randomly initialised pre-norm ViT block plus a final LayerNorm over the fused tokens."""
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, drop_path: float = 0.0):
         super().__init__()
-        self.block = Block(dim, aggregator_heads(dim), mlp_ratio=4.0, qkv_bias=True)
+        self.block = Block(dim, aggregator_heads(dim), mlp_ratio=4.0, qkv_bias=True, drop_path=drop_path)
         self.norm = LayerNorm(dim)
         self.block.apply(init_weights_vit_timm)
 
