@@ -131,7 +131,7 @@ class StopSignals:
             signal.signal(sig, handler)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainContext:
     """What the epochs of one run share: built once in `train`, read by `train_one_epoch`."""
 
@@ -365,9 +365,11 @@ def _train(config: Config, progress: bool, stop_after_epochs: int | None, device
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
     weight = class_weights(class_frequencies(train_set.labels, num_classes), config.train.class_weights)
-    ctx = TrainContext(config, model, net, train_loader, optimizer, scheduler, scaler, batch_mix, device, dtype, ddp,
-                       RunLog(run_dir, config, writes=ddp.is_main), run_dir, class_names, progress, StopSignals(),
-                       None if weight is None else weight.to(device))
+    ctx = TrainContext(config=config, model=model, net=net, train_loader=train_loader, optimizer=optimizer,
+                       scheduler=scheduler, scaler=scaler, batch_mix=batch_mix, device=device, dtype=dtype, ddp=ddp,
+                       log=RunLog(run_dir, config, writes=ddp.is_main), run_dir=run_dir, class_names=class_names,
+                       progress=progress, stop=StopSignals(),
+                       loss_weight=None if weight is None else weight.to(device))
     start_epoch, epoch_state, resume_rng = 0, EpochState(), None
     if config.train.resume:
         start_epoch, epoch_state, resume_rng = resume(ctx)
