@@ -6,13 +6,14 @@ import shutil
 import subprocess
 import sys
 import zipfile
+from functools import cache
 from pathlib import Path
 
 import pytest
 import yaml
 
 from fgir.cli import main
-from fgir.config import Config, ConfigError, load_config, to_dict
+from fgir.config import Config, ConfigError, config_schema, load_config, to_dict
 from fgir.config_inspect import schema_help
 from fgir.data.transforms import resize_size
 from fgir.recipes import (
@@ -34,13 +35,18 @@ def leaves(tree: dict, prefix: str = "") -> dict:
     return {prefix.rstrip("."): tree}
 
 
-# Every key's schema default, read from the schema itself: what a config leaves out is its default.
-DEFAULTS = {entry.key: yaml.safe_load(entry.default) for entry in schema_help() if entry.type != "section"}
+@cache
+def defaults(method: str) -> dict:
+    """Every key's default in the schema of `method`, read from the schema itself: what a config
+    leaves out is its default."""
+    return {entry.key: yaml.safe_load(entry.default) for entry in schema_help(config_schema(method))
+            if entry.type != "section"}
 
 
 def non_default(config: Config) -> dict:
     """The dotted keys whose value differs from the schema default (how the fixture stores a recipe)."""
-    return {key: value for key, value in leaves(to_dict(config)).items() if DEFAULTS.get(key, object()) != value}
+    known = defaults(config.model.method)
+    return {key: value for key, value in leaves(to_dict(config)).items() if known.get(key, object()) != value}
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -57,11 +63,22 @@ def test_every_deviation_file_changes_what_its_recipe_would_be_without_it():
         assert non_default(load_config(without)) != non_default(load_config(files)), name
 
 
-def test_every_shipped_file_is_part_of_a_former_recipe():
+# Methods that came after the per-file recipes: their files are checked by composing them below.
+NEWER_METHODS = ("mpncov", "vqt", "transfg", "ffvt")
+
+
+def test_every_shipped_file_is_part_of_a_former_recipe_or_a_newer_method():
     # With the parity test above, every file loads and validates, and none is left over.
     used = {path for name in EXPECTED for path in recipe_files(name)}
     included = {ROOT / "augment/medium.yaml", ROOT / "common/peft.yaml", ROOT / "common/animesion.yaml"}
-    assert set(ROOT.rglob("*.yaml")) == used | included
+    newer = {ROOT / "methods" / f"{method}.yaml" for method in NEWER_METHODS}
+    assert set(ROOT.rglob("*.yaml")) == used | included | newer
+
+
+@pytest.mark.parametrize("method", NEWER_METHODS)
+def test_a_newer_method_composes_with_a_dataset_and_a_size(method):
+    config = load_config(f"cotton/{method}_448")
+    assert (config.model.method, config.data.name, config.data.image_size) == (method, "cotton", 448)
 
 
 def test_pairs_the_papers_did_not_run_compose_too():
@@ -137,7 +154,11 @@ def test_several_sources_later_ones_win_and_a_file_may_include_a_name(tmp_path):
     config = load_config(["cub/vit", str(mine)], ["train.epochs=3"])
     assert (config.data.name, config.model.method, config.model.glsim.top_o) == ("dogs", "glsim", 16)
     assert (config.train.lr, config.train.epochs) == (0.02, 3)
-    assert load_config([str(mine), "cub/vit"]).data.name == "cub"  # cub/vit's files set it last
+    # cub/vit last makes the method vit, whose schema has no glsim section: the glsim keys an earlier
+    # source set are refused, naming their owner, rather than silently dropped.
+    with pytest.raises(ConfigError, match="'model.glsim' .* is an option of method glsim, not of model.method='vit'"):
+        load_config([str(mine), "cub/vit"])
+    assert load_config([str(mine), "cub/glsim"]).data.name == "cub"  # cub/glsim's files set it last
 
 
 def test_a_part_alone_is_named_by_its_folder_to_go_with_a_dataset_file_of_one_s_own(tmp_path):
