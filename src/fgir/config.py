@@ -204,7 +204,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model (falls back to eager, with a warning, where it fails)
     # Model and images in channels-last memory order (NHWC): faster convolutions for CNN baselines.
     channels_last: bool = False
-    grad_checkpointing: bool = False  # recompute block activations in backward: less memory, ~30% more time
+    grad_checkpointing: bool = False  # recompute block activations in backward: less memory, more time
     tensorboard: bool = True
     wandb: bool = False
     wandb_project: str = "fgir"

@@ -72,9 +72,8 @@ def build_transform(data: DataConfig, train: bool) -> v2.Compose:
         raise ConfigError(f"data.transform_backend must be one of {', '.join(TRANSFORM_BACKENDS)}, "
                           f"got '{data.transform_backend}'")
     if data.transform_backend == "tensor":
-        # Why: on one core torch's uint8 antialiased resize is ~5x faster than Pillow's (same result
-        # to a grey level) and the fused normalisation skips a float image, so the weak recipe's
-        # augmentation costs half as much.
+        # Why: torch's uint8 antialiased resize is faster than Pillow's (same result to a grey level)
+        # and the fused normalisation skips a float image (timings: docs/benchmarks.md).
         first, last = [v2.PILToTensor()], [NormalizeUint8(data.mean, data.std)]
     else:
         first, last = [], [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(data.mean, data.std)]
@@ -85,8 +84,8 @@ def build_transform(data: DataConfig, train: bool) -> v2.Compose:
         jitter = data.color_jitter
         color_jitter = v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter, hue=jitter)
         if data.transform_backend == "tensor":
-            # Its hue step takes 3.7 ms on a 224 px uint8 tensor (float HSV) vs 2.0 ms in Pillow: a
-            # PIL round trip (~0.2 ms) pays for itself.
+            # Its hue step is slower on a uint8 tensor (float HSV) than in Pillow, by more than a PIL
+            # round trip costs.
             steps += [v2.ToPILImage(), color_jitter, v2.PILToTensor()]
         else:
             steps.append(color_jitter)

@@ -170,7 +170,7 @@ def _pretrained_cfg_value(name: str, key: str) -> Any:
 
 def _hub_unreachable() -> str | None:
     """Why the hub cannot be asked now, or None. One request without retries: huggingface_hub's own
-    retries to an unreachable host take about 25 s per file."""
+    retries to an unreachable host take many seconds per file."""
     timeout = hub_constants.HF_HUB_ETAG_TIMEOUT if "HF_HUB_ETAG_TIMEOUT" in os.environ else PROBE_TIMEOUT_S
     try:
         huggingface_hub.get_session().head(hub_constants.ENDPOINT, timeout=timeout)

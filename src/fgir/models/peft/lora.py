@@ -34,7 +34,7 @@ class LoRAConfig(FrozenBackboneConfig):
 
 class LoRAViT(FrozenClassifier):
     def __init__(self, backbone: Backbone, num_classes: int, model: ModelConfig):
-        # peft imports transformers (about 2 s): only when a LoRA model is built, not with the factory.
+        # peft imports transformers (slow to import): only when a LoRA model is built.
         from peft import LoraConfig, inject_adapter_in_model
 
         peft = model.peft
