@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fgir.errors import FgirError
-from fgir.tools.paper_tables import PaperResult, paper_result
+from fgir.tools.paper_tables import PAPER_RESULTS, PaperResult, paper_result
 
 
 @dataclass(frozen=True)
@@ -110,8 +110,6 @@ def format_results(rows: list[ResultRow], markdown: bool = False) -> str:
 
 def format_paper_tables() -> str:
     """Every published number fgir compares against, as a markdown table (docs/results.md)."""
-    from fgir.tools.paper_tables import PAPER_RESULTS
-
     lines = ["| dataset | method | backbone | size | setting | paper top-1 | source |", "|---|---|---|---|---|---|---|"]
     for r in PAPER_RESULTS:
         top1 = f"{'~' if r.approximate else ''}{r.top1:.2f}"
