@@ -29,8 +29,9 @@ from fgir.engine.checkpoint import restore_model, save_checkpoint
 from fgir.methods import build_backbone, build_model, get_method
 from fgir.methods.capabilities import HasFrozenBackbone
 from fgir.models.backbone import Backbone
-from fgir.models.layers.attention_capture import attention_matrices, recorded_attention
+from fgir.models.layers.attention_capture import recorded_attention
 from fgir.models.peft.freezing import FrozenBackboneConfig
+from fgir.tools.attention import last_layer_map, model_attention, rollout_map
 from fgir.tools.explain import explanation_panels
 
 CLASSES = ["a", "b", "c"]
@@ -379,31 +380,40 @@ def test_explanation(tiny, method):
     assert panels["crop"][0].shape == (box[3] - box[1], box[2] - box[0], 3)
 
 
-# Finding: `fgir explain` records attention in `backbone.forward_features`, which runs neither the
-# modules these methods put between blocks (ILA) nor their prompt tokens (VPT): it draws the bare
-# pretrained backbone's attention, the same for every task trained on it. Their token layouts (a
-# patch grid that shrinks, prompts among the tokens) need the method to describe them to the tool.
-# The same for the methods that run the blocks themselves: VQT's queries, TransFG's and FFVT's fusion.
-BARE_BACKBONE_ATTENTION = {"ila", "ila_plus", "ila_pp", "vpt_shallow", "vpt_deep", "vqt", "transfg", "ffvt"}
+def recorded_first_pass(model: nn.Module, backbone: Backbone, images: torch.Tensor) -> list[torch.Tensor]:
+    """The attention of the model's first pass through the blocks, recorded from timm's attention
+    path while the model runs. TransFG and FFVT run blocks 0..L-2 themselves (to keep the scores);
+    for them the blocks are re-run here through timm's path on the model's own tokens."""
+    if hasattr(model, "encode"):
+        tokens = backbone.embed(images)
+        maps = []
+        for block in backbone.blocks[:-1]:
+            with recorded_attention(backbone) as recorded:
+                tokens = block(tokens)
+            maps += recorded
+        return maps
+    with recorded_attention(backbone) as recorded:
+        model(images)
+    return recorded[: backbone.num_blocks]
 
 
-@pytest.mark.parametrize("method", [
-    pytest.param(method, marks=pytest.mark.xfail(strict=True, reason="explain shows the bare backbone's attention"))
-    if method in BARE_BACKBONE_ATTENTION else method
-    for method in all_methods()
-])
+@pytest.mark.parametrize("method", all_methods())
 def test_explained_attention_is_the_models_own(tiny, method):
-    """The attention `fgir explain` draws is the one the model computes (its first pass through the
-    backbone), adapters and all."""
+    """The attention `fgir explain` and `fgir serve` draw is the one the model computes (its first
+    pass through the backbone: adapters, prompts, queries and all), and each block's layout puts
+    the patch grid on the trailing tokens it really occupies."""
     model = perturbed(tiny.model(method))
     backbone = getattr(model, "backbone", None)
     if not isinstance(backbone, Backbone):
         pytest.skip(f"{type(model).__name__} has no ViT backbone to explain")
     images = batch()[0][:1]
-    with torch.no_grad(), recorded_attention(backbone) as recorded:
-        model(images)
-    shown = attention_matrices(backbone, images)
-    own = recorded[:len(shown)]
-    assert [matrix.shape for matrix in own] == [matrix.shape for matrix in shown]
-    for index, (matrix, expected) in enumerate(zip(own, shown, strict=True)):
-        torch.testing.assert_close(matrix, expected, rtol=0, atol=1e-6, msg=f"block {index}")
+    with torch.no_grad():
+        own = recorded_first_pass(model, backbone, images)
+        shown = model_attention(model, backbone, images)
+    assert [block.weights.shape for block in shown] == [matrix.shape for matrix in own]
+    for index, (block, expected) in enumerate(zip(shown, own, strict=True)):
+        torch.testing.assert_close(block.weights, expected, rtol=0, atol=1e-6, msg=f"block {index}")
+        tokens = block.weights.shape[-1]
+        assert block.patch_start + block.grid[0] * block.grid[1] == tokens, f"block {index}: layout misses the patches"
+    assert last_layer_map(shown).shape[1:] == shown[-1].grid
+    assert rollout_map(shown).shape[1:] == shown[0].grid

@@ -23,7 +23,7 @@ from fgir.data.synthetic import is_generated
 from fgir.errors import FgirError
 from fgir.methods.capabilities import Explains
 from fgir.models.backbone import Backbone
-from fgir.tools.attention import last_layer_cls_attention
+from fgir.tools.attention import last_layer_map, model_attention
 from fgir.tools.explain import heat_map
 from fgir.tools.predictor import Predictor
 
@@ -89,7 +89,7 @@ class Recognizer:
                 crop = to_uint8(shown[y0:y1, x0:x1])
             return overlay(shown, heat_map(details.scores[0].reshape(backbone.grid_for(*size)), size)), crop
         if isinstance(backbone, Backbone):
-            return overlay(shown, heat_map(last_layer_cls_attention(backbone, batch)[0], size)), None
+            return overlay(shown, heat_map(last_layer_map(model_attention(model, backbone, batch))[0], size)), None
         return None, None  # e.g. a CNN baseline: no map to show
 
 

@@ -26,6 +26,14 @@ class Explains(Protocol):
 
 
 @runtime_checkable
+class HasAttentionMaps(Protocol):
+    def attention_maps(self, images: torch.Tensor) -> list:
+        """Each block's `BlockAttention` in the model's own forward, where its tokens differ from
+        the plain backbone's (added tokens, a shrinking grid, blocks run outside timm's attention)."""
+        ...
+
+
+@runtime_checkable
 class HasExtraLoss(Protocol):
     def extra_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | None:
         """The term added to the classification loss after a training forward (None: nothing);

@@ -16,6 +16,7 @@ from fgir.models.backbone import Backbone
 from fgir.models.checkpointing import run_block
 from fgir.models.freezable import FreezableConfig, freeze_if_asked
 from fgir.models.heads import LinearHead
+from fgir.models.layers.attention_capture import BlockAttention, plain_layout
 from fgir.models.peft.freezing import FrozenBackboneModel
 
 
@@ -70,6 +71,13 @@ class PartFusionClassifier(FrozenBackboneModel):
             layers.append(tokens)
             scores.append(layer_scores)
         return layers, scores
+
+    def attention_maps(self, images: torch.Tensor) -> list[BlockAttention]:
+        """The softmax attention of blocks 0..L-2, which run on the patch grid; the fusion block runs
+        on the selected tokens only and has no map over the grid."""
+        layout = plain_layout(self.backbone, images)
+        return [BlockAttention(scores.softmax(dim=-1).float(), *layout(index))
+                for index, scores in enumerate(self.encode(images)[1])]
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """(B, D): the fused CLS token after the norm, what the head reads."""

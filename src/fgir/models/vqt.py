@@ -27,6 +27,7 @@ from fgir.methods import register_method
 from fgir.models.backbone import Backbone
 from fgir.models.checkpointing import run_block
 from fgir.models.heads import LinearHead
+from fgir.models.layers.attention_capture import BlockAttention, own_attention, plain_layout
 from fgir.models.peft.freezing import FrozenBackboneConfig, FrozenBackboneModel, freeze_backbone
 
 
@@ -81,6 +82,12 @@ class QueryTunedViT(FrozenBackboneModel):
             outputs.append(joined[:, : self.query_tokens])
             tokens = joined[:, self.query_tokens :]
         return outputs, tokens
+
+    def attention_maps(self, images: torch.Tensor) -> list[BlockAttention]:
+        """Each block's attention in this model's forward: the queries come first in every block."""
+        global_index, prefix, grid = plain_layout(self.backbone, images)(0)
+        shifted = None if global_index is None else global_index + self.query_tokens
+        return own_attention(self, self.backbone, images, lambda block: (shifted, prefix + self.query_tokens, grid))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         outputs, tokens = self.summaries(images)

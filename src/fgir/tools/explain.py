@@ -26,7 +26,7 @@ from fgir.data.synthetic import _read_manifest, manifest
 from fgir.errors import FgirError
 from fgir.methods.capabilities import Explains
 from fgir.models.backbone import Backbone
-from fgir.tools.attention import attention_rollout, last_layer_cls_attention
+from fgir.tools.attention import last_layer_map, model_attention, rollout_map
 from fgir.tools.plots import image_panels
 from fgir.tools.predictor import Predictor, expand_inputs, open_image
 
@@ -104,9 +104,10 @@ def explanation_panels(model: nn.Module, backbone: Backbone, batch: torch.Tensor
             x0, y0, x1, y1 = (int(v) for v in output.boxes[0].tolist())
             top = f" (top {output.selected} patches)" if output.selected else ""
             panels += [(f"selected box{top}", shown, None, (x0, y0, x1, y1)), ("crop", shown[y0:y1, x0:x1], None, None)]
+    blocks = model_attention(model, backbone, batch)
     panels += [
-        ("last-layer attention", shown, heat_map(last_layer_cls_attention(backbone, batch)[0], size), None),
-        ("attention rollout", shown, heat_map(attention_rollout(backbone, batch)[0], size), None),
+        ("last-layer attention", shown, heat_map(last_layer_map(blocks)[0], size), None),
+        ("attention rollout", shown, heat_map(rollout_map(blocks)[0], size), None),
     ]
     return panels
 

@@ -8,12 +8,16 @@ import torch
 
 def attention_rollout(probabilities: list[torch.Tensor]) -> torch.Tensor:
     """Softmax attention maps (B, H, S, S) of blocks 0..L-1 -> the rolled-out map (B, S, S)."""
+    return rollout_of_mixed([layer.mean(dim=1) for layer in probabilities])
+
+
+def rollout_of_mixed(mixed: list[torch.Tensor]) -> torch.Tensor:
+    """Head-averaged maps (B, S, S) of blocks 0..L-1 -> the rolled-out map (B, S, S)."""
     rolled = None
-    for layer in probabilities:
-        mixed = layer.mean(dim=1)
-        mixed = mixed + torch.eye(mixed.shape[-1], dtype=mixed.dtype, device=mixed.device)
-        mixed = mixed / mixed.sum(dim=-1, keepdim=True)
-        rolled = mixed if rolled is None else mixed @ rolled
+    for layer in mixed:
+        layer = layer + torch.eye(layer.shape[-1], dtype=layer.dtype, device=layer.device)
+        layer = layer / layer.sum(dim=-1, keepdim=True)
+        rolled = layer if rolled is None else layer @ rolled
     if rolled is None:
-        raise ValueError("attention_rollout needs the maps of at least one block")
+        raise ValueError("attention rollout needs the maps of at least one block")
     return rolled

@@ -21,6 +21,7 @@ from torch import nn
 
 from fgir.models.backbone import Backbone
 from fgir.models.heads import LinearHead
+from fgir.models.layers.attention_capture import BlockAttention, own_attention
 from fgir.models.layers.grid import Grid
 from fgir.models.peft.freezing import FrozenBackboneModel
 
@@ -110,6 +111,14 @@ class FrozenClassifier(FrozenBackboneModel):
                 grid = self.inter_layer[str(index)].output_grid(grid)
             grids[index] = grid
         return grids
+
+    def attention_maps(self, images: torch.Tensor) -> list[BlockAttention]:
+        """Each block's attention in this model's forward, on the grid it runs on (a DS-ILA shrinks it)."""
+        grid = self.backbone.grid_for(images.shape[-2], images.shape[-1])
+        entering = [grid, *self.token_grids(grid).values()]
+        global_index = 0 if self.backbone.has_cls_token else None
+        prefix = self.backbone.num_prefix_tokens
+        return own_attention(self, self.backbone, images, lambda block: (global_index, prefix, entering[block]))
 
     def _between(self, grid: Grid) -> dict[int, Callable[[torch.Tensor], torch.Tensor]]:
         between = {}

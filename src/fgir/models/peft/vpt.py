@@ -20,6 +20,7 @@ from fgir.config import ModelConfig
 from fgir.methods import register_method
 from fgir.models.backbone import Backbone
 from fgir.models.heads import LinearHead
+from fgir.models.layers.attention_capture import BlockAttention, own_attention, plain_layout
 from fgir.models.peft.freezing import FrozenBackboneConfig, FrozenBackboneModel, freeze_backbone
 
 
@@ -62,6 +63,11 @@ class PromptedViT(FrozenBackboneModel):
         tokens = self.backbone.run_blocks(tokens, between=between)
         tokens = self.backbone.norm(self.without_prompts(tokens))
         return self.head(self.backbone.pool(tokens))
+
+    def attention_maps(self, images: torch.Tensor) -> list[BlockAttention]:
+        """Each block's attention in this model's forward: the prompts sit between prefix and patches."""
+        global_index, prefix, grid = plain_layout(self.backbone, images)(0)
+        return own_attention(self, self.backbone, images, lambda block: (global_index, prefix + self.prompt_length, grid))
 
     def with_prompts(self, tokens: torch.Tensor, layer: int, replace: bool) -> torch.Tensor:
         """Put layer `layer`'s prompts after the prefix tokens, in place of the current prompts if
