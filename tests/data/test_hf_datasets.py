@@ -98,3 +98,24 @@ def test_an_integer_label_column_needs_the_class_count(tmp_path, capsys):
     assert "is not a ClassLabel feature" in capsys.readouterr().err
     data = load_config(None, hf_overrides(tmp_path, "data.num_classes=3")).data
     assert dataset_info(data) == (3, ["0", "1", "2"])
+
+
+def test_a_process_loads_each_dataset_once(tmp_path, monkeypatch):
+    from fgir.data import hf_datasets
+
+    loads = []
+    real = hf_datasets.load_splits
+    monkeypatch.setattr(hf_datasets, "load_splits", lambda data: loads.append(data.root) or real(data))
+    save_dataset(tmp_path / "cub_hf")
+    data = load_config(None, hf_overrides(tmp_path)).data
+    first = build_dataset(data, "train", transform=None)
+    assert dataset_info(data) == (3, NAMES) and len(build_dataset(data, "test", transform=None)) == 6
+    assert len(loads) == 1
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict(
+        {"picture": [{"bytes": png_bytes(500 + i), "path": None} for i in range(3)], "species": [0, 1, 2]},
+        features=datasets.Features({"picture": datasets.Image(), "species": datasets.ClassLabel(names=NAMES)})),
+        "validation": datasets.load_from_disk(str(tmp_path / "cub_hf"))["validation"],
+        "test": datasets.load_from_disk(str(tmp_path / "cub_hf"))["test"]}).save_to_disk(str(tmp_path / "cub_hf2"))
+    data2 = load_config(None, hf_overrides(tmp_path, f"data.root={tmp_path / 'cub_hf2'}")).data
+    assert len(build_dataset(data2, "train", transform=None)) == 3 and len(loads) == 2
+    assert len(build_dataset(data, "train", transform=None)) == len(first) and len(loads) == 2

@@ -37,9 +37,36 @@ def split_names(data: DataConfig) -> list[str]:
     return [name for name in (data.train, data.val, data.test) if name is not None]
 
 
+# Exported copies found in this process: {(settings, state of the source files): (folder, classes)}.
+# Loading a dataset to fingerprint it costs seconds, and a run asks for the readable form several times.
+_EXPORTED: dict[tuple, tuple[Path, int]] = {}
+
+
 def ensure_hf(data: DataConfig, progress: bool = True) -> DataConfig:
     """The config that reads the exported copy of the dataset `data` names, exporting it first when
     no copy of these splits exists yet."""
+    key = (data.root, *split_names(data), data.val is None, data.test is None, data.num_classes,
+           dataclasses.astuple(data.hf), source_state(data.root))
+    if key not in _EXPORTED or not (_EXPORTED[key][0] / MANIFEST).is_file():
+        _EXPORTED[key] = export_once(data, progress)
+    target, num_classes = _EXPORTED[key]
+    return dataclasses.replace(data, format="csv", root=str(target), image_dir=".", class_names=CLASS_NAMES_FILE,
+                               num_classes=num_classes, train=f"{data.train}.csv",
+                               val=None if data.val is None else f"{data.val}.csv",
+                               test=None if data.test is None else f"{data.test}.csv")
+
+
+def source_state(root: str) -> tuple:
+    """What identifies the files of a dataset folder now (names, sizes, modification times); a Hub
+    dataset's cached copy does not change within a process."""
+    if root.startswith(HUB_PREFIX) or not Path(root).is_dir():
+        return ()
+    return tuple(sorted((str(path), path.stat().st_size, path.stat().st_mtime_ns)
+                        for path in Path(root).rglob("*") if path.is_file()))
+
+
+def export_once(data: DataConfig, progress: bool) -> tuple[Path, int]:
+    """(the exported folder, the class count), exporting the splits unless a copy exists."""
     splits = load_splits(data)
     features = next(iter(splits.values())).features
     column, label = data.hf.image_column, data.hf.label_column
@@ -50,10 +77,7 @@ def ensure_hf(data: DataConfig, progress: bool = True) -> DataConfig:
     target = base / f"{Path(data.root.removeprefix(HUB_PREFIX)).name}-{fingerprint}"
     if not (target / MANIFEST).is_file():
         export(splits, column, label, names, target, progress)
-    return dataclasses.replace(data, format="csv", root=str(target), image_dir=".", class_names=CLASS_NAMES_FILE,
-                               num_classes=len(names), train=f"{data.train}.csv",
-                               val=None if data.val is None else f"{data.val}.csv",
-                               test=None if data.test is None else f"{data.test}.csv")
+    return target, len(names)
 
 
 def load_splits(data: DataConfig) -> dict:
