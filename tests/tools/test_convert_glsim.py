@@ -8,12 +8,16 @@ import argparse
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
+from torchvision import transforms
 
 from fgir.engine.checkpoint import CheckpointError, load_checkpoint, restore_model
 from fgir.tools.convert_glsim import ConversionError, convert_glsim_reference
+from fgir.tools.predictor import Predictor
 
 DIM, DEPTH, HEADS, PATCH, IMAGE, FF, CLASSES, TOP = 64, 2, 2, 8, 32, 128, 5, 4
 EPS = 1e-12  # the reference's layer_norm_eps (timm uses 1e-6: a ~1e-7 relative difference)
@@ -197,6 +201,8 @@ def test_saved_config_and_metadata(converted: tuple[dict, Path]) -> None:
                                           "patch_size": PATCH, "mlp_ratio": FF / DIM}
     assert config.data.image_size == IMAGE and config.data.resize_ratio == 40 / IMAGE
     assert config.data.mean == [0.5] * 3 and config.data.std == [0.5] * 3  # custom_mean_std on DAFB
+    assert config.data.interpolation == "bicubic" and config.data.transform_backend == "pil"
+    assert config.data.test_resize == "crop" and config.data.fast_decode is False
     assert checkpoint.class_names == [str(i) for i in range(CLASSES)]
     assert checkpoint.epoch == 7 and checkpoint.metrics == {"reference_accuracy": 91.5}
 
@@ -210,6 +216,31 @@ def test_class_names_from_csv_and_imagenet_normalisation(tmp_path: Path) -> None
     checkpoint = load_checkpoint(out)
     assert checkpoint.class_names == [f"bird {i}" for i in range(CLASSES)]
     assert checkpoint.config.data.mean == [0.485, 0.456, 0.406]
+
+
+def photo(width: int = 61, height: int = 47) -> Image.Image:
+    """Gradients plus noise: a resampling or normalisation slip changes pixels."""
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:height, 0:width]
+    base = np.stack([x * 255 / width, y * 255 / height, (x + y) % 256], axis=-1)
+    return Image.fromarray(np.clip(base + rng.normal(0, 25, base.shape), 0, 255).astype(np.uint8))
+
+
+@pytest.mark.parametrize("directly", [False, True], ids=["resize-crop", "resize-directly"])
+def test_predictor_sees_the_reference_test_pixels(tmp_path: Path, directly: bool) -> None:
+    """The reference's test transform with CUB's custom normalisation (std ~0.05, which magnifies
+    any float slip) and its default resize int(1.34 * image_size)."""
+    args = release_args(dataset_name="cub", test_resize_size=None, test_resize_directly=directly)
+    out = convert_glsim_reference(write_release(tmp_path / "cub.pth", reference_state(), args))
+    mean, std = (0.3659524, 0.42010019, 0.41562049), (0.07625843, 0.04599726, 0.06182727)
+    side = IMAGE if directly else int(IMAGE * 1.34)
+    bicubic = transforms.InterpolationMode.BICUBIC
+    reference = transforms.Compose([transforms.Resize((side, side), interpolation=bicubic),
+                                    transforms.CenterCrop(IMAGE), transforms.ToTensor(),
+                                    transforms.Normalize(mean, std)])
+    ours = Predictor.from_checkpoint(out, device="cpu").transform(photo())
+    assert ours.shape == (3, IMAGE, IMAGE)
+    assert torch.equal(ours, reference(photo()))
 
 
 def test_wrong_num_classes_is_refused(tmp_path: Path) -> None:
