@@ -12,7 +12,6 @@ transform (`reference_release.reference_data`).
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import torch
@@ -23,12 +22,10 @@ from fgir.tools.reference_release import (
     BACKBONE,
     TOP_LEVEL,
     ConversionError,
+    Release,
     encoder_block,
     map_reference_vit,
-    read_release,
     reference_data,
-    save_converted,
-    strip_prefixes,
     unsupported_settings,
     vit_architecture,
 )
@@ -51,30 +48,17 @@ UNUSED_KEYS = {"anchor_class_token"}
 GLSIM_TOP_LEVEL = {**TOP_LEVEL, "aggregator_norm": "aggregator.norm", "head": "head"}
 
 
-def convert_glsim_reference(
-    src: str | os.PathLike,
-    out: str | os.PathLike | None = None,
-    *,
-    num_classes: int | None = None,
-    class_names: str | os.PathLike | None = None,
-) -> Path:
-    """Convert the release file `src` to an fgir checkpoint at `out` (default: `src` with the suffix
-    .safetensors). `num_classes`, if given, must match the checkpoint's head; `class_names` is a
-    `class_id,class_name` CSV (default names "0".."C-1")."""
-    src = Path(src)
-    out = src.with_suffix(".safetensors") if out is None else Path(out)
-    payload = read_release(src, "a GLSim release")
-    args, state = payload["config"], strip_prefixes(payload["model"])
-    if not {"patch_embedding.weight", "head.weight"} <= state.keys():
-        raise ConversionError(
-            f"{src}: not a reference ViT GLSim state_dict (no patch_embedding/head weights; "
-            f"model_name={getattr(args, 'model_name', '?')})"
-        )
+def _prepare(
+    src: Path, args: argparse.Namespace, state: dict[str, torch.Tensor]
+) -> tuple[Config, dict[str, torch.Tensor]]:
+    if "head.weight" not in state:
+        raise ConversionError(f"{src}: not a reference ViT GLSim state_dict (no head.weight)")
     _check_supported(src, args)
-    config = build_config(args, state)
-    return save_converted(
-        src, out, payload, config, map_state_dict(state), num_classes=num_classes, class_names=class_names
-    )
+    return build_config(args, state), map_state_dict(state)
+
+
+# Convert a release file `src` to an fgir checkpoint at `out` (see `Release.convert`).
+convert_glsim_reference = Release("a GLSim release", _prepare).convert
 
 
 def _glsim_block(block: str) -> str | None:

@@ -16,6 +16,7 @@ import os
 import pickle
 import re
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -209,31 +210,53 @@ def unsupported_settings(args: argparse.Namespace, required: Mapping[str, Any]) 
     return problems
 
 
-def save_converted(
-    src: Path,
-    out: Path,
-    payload: dict[str, Any],
-    config: Config,
-    state: dict[str, torch.Tensor],
-    *,
-    num_classes: int | None,
-    class_names: str | os.PathLike | None,
-) -> Path:
-    """Build fgir's model from `config`, load the converted `state` strictly and save the checkpoint
-    with the release's epoch and accuracy. `num_classes`, if given, must match the head;
-    `class_names` is a `class_id,class_name` CSV (default names "0".."C-1")."""
-    classes = config.data.num_classes
-    if num_classes is not None and num_classes != classes:
-        raise ConversionError(f"{src}: --num-classes {num_classes}, but the checkpoint's head has {classes} classes")
-    names = _class_names(class_names, classes)
-    if len(names) != classes:
-        raise ConversionError(f"{class_names}: {len(names)} class names for a {classes}-class head")
-    model: nn.Module = build_model(config.model, classes, config.data.image_size, pretrained=False)
-    load_model_state(model, state, f"{src} (converted)")
-    metrics = {"reference_accuracy": float(payload["accuracy"])} if "accuracy" in payload else {}
-    return save_checkpoint(
-        out, model, config, names, epoch=int(payload.get("epoch", 0)), global_step=0, metrics=metrics
-    )
+Prepare = Callable[[Path, argparse.Namespace, dict[str, torch.Tensor]], tuple[Config, dict[str, torch.Tensor]]]
+
+
+@dataclass(frozen=True)
+class Release:
+    """One paper's release format: `name` for errors ("an ILA release"); `prepare(src, namespace,
+    state)` checks the file and returns the fgir config and the renamed state."""
+
+    name: str
+    prepare: Prepare
+
+    def convert(
+        self,
+        src: str | os.PathLike,
+        out: str | os.PathLike | None = None,
+        *,
+        num_classes: int | None = None,
+        class_names: str | os.PathLike | None = None,
+    ) -> Path:
+        """Convert the release file `src` to an fgir checkpoint at `out` (default: `src` with the
+        suffix .safetensors): the model is built from the prepared config, loaded strictly and saved
+        with the release's epoch and accuracy. `num_classes`, if given, must match the head;
+        `class_names` is a `class_id,class_name` CSV (default names "0".."C-1")."""
+        src = Path(src)
+        out = src.with_suffix(".safetensors") if out is None else Path(out)
+        payload = read_release(src, self.name)
+        args, state = payload["config"], strip_prefixes(payload["model"])
+        if "patch_embedding.weight" not in state:
+            raise ConversionError(
+                f"{src}: not a state_dict of the reference's ViT (no patch_embedding.weight; "
+                f"model_name={getattr(args, 'model_name', '?')})"
+            )
+        config, converted = self.prepare(src, args, state)
+        classes = config.data.num_classes
+        if num_classes is not None and num_classes != classes:
+            raise ConversionError(
+                f"{src}: --num-classes {num_classes}, but the checkpoint's head has {classes} classes"
+            )
+        names = _class_names(class_names, classes)
+        if len(names) != classes:
+            raise ConversionError(f"{class_names}: {len(names)} class names for a {classes}-class head")
+        model: nn.Module = build_model(config.model, classes, config.data.image_size, pretrained=False)
+        load_model_state(model, converted, f"{src} (converted)")
+        metrics = {"reference_accuracy": float(payload["accuracy"])} if "accuracy" in payload else {}
+        return save_checkpoint(
+            out, model, config, names, epoch=int(payload.get("epoch", 0)), global_step=0, metrics=metrics
+        )
 
 
 def _class_names(path: str | os.PathLike | None, classes: int) -> list[str]:
