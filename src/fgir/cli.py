@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 
 import fgir
@@ -204,7 +205,18 @@ def cmd_convert_merge_lora(args: argparse.Namespace) -> None:
 def cmd_convert_glsim(args: argparse.Namespace) -> None:
     from fgir.tools.convert_glsim import convert_glsim_reference
 
-    out = convert_glsim_reference(args.src, args.out, num_classes=args.num_classes, class_names=args.class_names)
+    _report_converted(convert_glsim_reference(args.src, args.out, num_classes=args.num_classes,
+                                              class_names=args.class_names))
+
+
+def cmd_convert_ila(args: argparse.Namespace) -> None:
+    from fgir.tools.convert_ila import convert_ila_reference
+
+    _report_converted(convert_ila_reference(args.src, args.out, num_classes=args.num_classes,
+                                            class_names=args.class_names))
+
+
+def _report_converted(out: os.PathLike) -> None:
     print(f"checkpoint:   {out}")
     print(f"predict with: fgir predict {out} <image or folder>")
 
@@ -234,6 +246,12 @@ def _add_onnx_argument(p: argparse.ArgumentParser) -> None:
 def _add_sources_argument(p: argparse.ArgumentParser, extra_help: str = "") -> None:
     """Recipe names and YAML files, then key=value overrides, into `items` (see main)."""
     p.add_argument("items", nargs="*", metavar="CONFIG ... [KEY=VALUE ...]", help=USAGE_SOURCES + extra_help)
+
+
+def _add_release_arguments(p: argparse.ArgumentParser, command: Callable[[argparse.Namespace], None]) -> None:
+    p.add_argument("--num-classes", type=int, help="check the head has this many classes")
+    p.add_argument("--class-names", help="class_id,class_name CSV (default: 0..C-1)")
+    p.set_defaults(func=command)
 
 
 def _add_weights_argument(p: argparse.ArgumentParser) -> None:
@@ -447,9 +465,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = convert_verbs.add_parser("glsim-reference", help="a GLSim paper release (.pth) -> fgir checkpoint")
     p.add_argument("src", help="e.g. dafb_vit_b16_16_2.pth")
     p.add_argument("--out", help="output .safetensors (default: next to the input)")
-    p.add_argument("--num-classes", type=int, help="check the head has this many classes")
-    p.add_argument("--class-names", help="class_id,class_name CSV (default: 0..C-1)")
-    p.set_defaults(func=cmd_convert_glsim)
+    _add_release_arguments(p, cmd_convert_glsim)
+    p = convert_verbs.add_parser("ila-reference", help="an ILA paper release (.pth) -> fgir ila / ila_plus / "
+                                                       "ila_pp checkpoint")
+    p.add_argument("src", help="e.g. soyageing_vit_b16_ila_dso_cls_adapter_fz_1.pth")
+    p.add_argument("out", nargs="?", help="output .safetensors (default: next to the input)")
+    _add_release_arguments(p, cmd_convert_ila)
     p = convert_verbs.add_parser("merge-lora", help="a LoRA checkpoint -> a full vit checkpoint with the LoRA updates "
                                                     "merged (needs neither peft nor the pretrained weights to load)")
     p.add_argument("checkpoint", help="a LoRA checkpoint file or run directory")

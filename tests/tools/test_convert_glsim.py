@@ -8,51 +8,45 @@ import argparse
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
+from reference_vit import (
+    EPS,
+    block,
+    block_state,
+    embed,
+    embedding_state,
+    layer_norm,
+    linear,
+    linear_state,
+    norm_state,
+    randn,
+    write_release,
+)
+from torchvision import transforms
 
 from fgir.engine.checkpoint import CheckpointError, load_checkpoint, restore_model
 from fgir.tools.convert_glsim import ConversionError, convert_glsim_reference
+from fgir.tools.predictor import Predictor
 
 DIM, DEPTH, HEADS, PATCH, IMAGE, FF, CLASSES, TOP = 64, 2, 2, 8, 32, 128, 5, 4
-EPS = 1e-12  # the reference's layer_norm_eps (timm uses 1e-6: a ~1e-7 relative difference)
-
-
-def _block_state(prefix: str, dim: int, ff: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
-    def rand(*shape: int, scale: float = 0.1) -> torch.Tensor:
-        return torch.randn(*shape, generator=gen) * scale
-
-    state = {}
-    for name in ("attn.proj_q", "attn.proj_k", "attn.proj_v", "proj"):
-        state[f"{prefix}.{name}.weight"], state[f"{prefix}.{name}.bias"] = rand(dim, dim), rand(dim)
-    for name in ("norm1", "norm2"):
-        state[f"{prefix}.{name}.weight"], state[f"{prefix}.{name}.bias"] = 1 + rand(dim), rand(dim)
-    state[f"{prefix}.pwff.fc1.weight"], state[f"{prefix}.pwff.fc1.bias"] = rand(ff, dim), rand(ff)
-    state[f"{prefix}.pwff.fc2.weight"], state[f"{prefix}.pwff.fc2.bias"] = rand(dim, ff), rand(dim)
-    return state
 
 
 def reference_state(seed: int = 0) -> dict[str, torch.Tensor]:
     """ViTGLSim's state_dict (without the `model.` prefix) for a tiny ViT, random values."""
     gen = torch.Generator().manual_seed(seed)
-    tokens = (IMAGE // PATCH) ** 2 + 1
     state = {
-        "patch_embedding.weight": torch.randn(DIM, 3, PATCH, PATCH, generator=gen) * 0.1,
-        "patch_embedding.bias": torch.randn(DIM, generator=gen) * 0.1,
-        "class_token": torch.randn(1, 1, DIM, generator=gen),
-        "positional_embedding.pos_embedding": torch.randn(1, tokens, DIM, generator=gen),
-        "encoder_norm.weight": 1 + torch.randn(DIM, generator=gen) * 0.1,
-        "encoder_norm.bias": torch.randn(DIM, generator=gen) * 0.1,
-        "aggregator_norm.weight": 1 + torch.randn(DIM, generator=gen) * 0.1,
-        "aggregator_norm.bias": torch.randn(DIM, generator=gen) * 0.1,
-        "head.weight": torch.randn(CLASSES, DIM, generator=gen),
-        "head.bias": torch.randn(CLASSES, generator=gen),
-        "anchor_class_token": torch.randn(1, 1, DIM, generator=gen),  # exists, unused by the forward
+        **embedding_state(DIM, PATCH, IMAGE, gen),
+        **norm_state("aggregator_norm", DIM, gen),
+        **linear_state("head", DIM, CLASSES, gen),
+        "anchor_class_token": randn(gen, 1, 1, DIM),  # exists, unused by the forward
     }
     for i in range(DEPTH):
-        state.update(_block_state(f"encoder.blocks.{i}", DIM, FF, gen))
-    state.update(_block_state("aggregator.blocks.0", DIM, 4 * DIM, gen))
+        state.update(block_state(f"encoder.blocks.{i}", DIM, FF, gen))
+    state.update(block_state("aggregator.blocks.0", DIM, 4 * DIM, gen))
     return state
 
 
@@ -70,51 +64,18 @@ def release_args(**changes: object) -> argparse.Namespace:
     return args
 
 
-def write_release(path: Path, state: dict[str, torch.Tensor], args: argparse.Namespace | None = None) -> Path:
-    """Like the reference trainer's save_model: the wrapper's state_dict has the `model.` prefix."""
-    optimizer = {"state": {0: {"momentum_buffer": torch.zeros(3)}}, "param_groups": [{"lr": 0.01, "params": [0]}]}
-    torch.save(
-        {
-            "config": args or release_args(),
-            "epoch": 7,
-            "model": {f"model.{k}": v for k, v in state.items()},
-            "accuracy": 91.5,
-            "optimizer": optimizer,
-        },
-        path,
-    )
-    return path
+def write_glsim_release(path: Path, state: dict[str, torch.Tensor], args: argparse.Namespace | None = None) -> Path:
+    return write_release(path, state, args or release_args())
 
 
 # --- the reference forward, written from its parameter names -------------------------------------
 
 
-def _linear(state: dict, name: str, x: torch.Tensor) -> torch.Tensor:
-    return F.linear(x, state[f"{name}.weight"], state[f"{name}.bias"])
-
-
-def _norm(state: dict, name: str, x: torch.Tensor) -> torch.Tensor:
-    return F.layer_norm(x, x.shape[-1:], state[f"{name}.weight"], state[f"{name}.bias"], EPS)
-
-
-def _ref_block(state: dict, p: str, x: torch.Tensor, heads: int) -> torch.Tensor:
-    h = _norm(state, f"{p}.norm1", x)
-    b, s, d = h.shape
-    q, k, v = (_linear(state, f"{p}.attn.proj_{n}", h).view(b, s, heads, -1).transpose(1, 2) for n in "qkv")
-    attn = (q @ k.transpose(-2, -1) / math.sqrt(d // heads)).softmax(-1)
-    x = x + _linear(state, f"{p}.proj", (attn @ v).transpose(1, 2).reshape(b, s, d))
-    h = _norm(state, f"{p}.norm2", x)
-    return x + _linear(state, f"{p}.pwff.fc2", F.gelu(_linear(state, f"{p}.pwff.fc1", h)))
-
-
 def reference_encode(state: dict, images: torch.Tensor) -> torch.Tensor:
-    x = F.conv2d(images, state["patch_embedding.weight"], state["patch_embedding.bias"], stride=PATCH)
-    x = x.flatten(2).transpose(1, 2)
-    x = torch.cat([state["class_token"].expand(x.shape[0], -1, -1), x], dim=1)
-    x = x + state["positional_embedding.pos_embedding"]
+    x = embed(state, images, PATCH)
     for i in range(DEPTH):
-        x = _ref_block(state, f"encoder.blocks.{i}", x, HEADS)
-    return _norm(state, "encoder_norm", x)
+        x = block(state, f"encoder.blocks.{i}", x, HEADS)
+    return layer_norm(state, "encoder_norm", x)
 
 
 def reference_forward(state: dict, images: torch.Tensor) -> torch.Tensor:
@@ -133,8 +94,8 @@ def reference_forward(state: dict, images: torch.Tensor) -> torch.Tensor:
         crops.append(F.interpolate(crop, size=(IMAGE, IMAGE), mode="bilinear", align_corners=True))
     x_crops = reference_encode(state, torch.cat(crops))  # same class token: shared
     fused = torch.stack([x[:, 0], x_crops[:, 0]], dim=1)  # reducer 'cls'
-    fused = _norm(state, "aggregator_norm", _ref_block(state, "aggregator.blocks.0", fused, DIM // 64))
-    return _linear(state, "head", fused[:, 0])
+    fused = layer_norm(state, "aggregator_norm", block(state, "aggregator.blocks.0", fused, DIM // 64))
+    return linear(state, "head", fused[:, 0])
 
 
 # --- tests ----------------------------------------------------------------------------------------
@@ -143,7 +104,7 @@ def reference_forward(state: dict, images: torch.Tensor) -> torch.Tensor:
 @pytest.fixture
 def converted(tmp_path: Path) -> tuple[dict[str, torch.Tensor], Path]:
     state = reference_state()
-    out = convert_glsim_reference(write_release(tmp_path / "dafb_vit.pth", state), tmp_path / "out.safetensors")
+    out = convert_glsim_reference(write_glsim_release(tmp_path / "dafb_vit.pth", state), tmp_path / "out.safetensors")
     return state, out
 
 
@@ -197,6 +158,8 @@ def test_saved_config_and_metadata(converted: tuple[dict, Path]) -> None:
                                           "patch_size": PATCH, "mlp_ratio": FF / DIM}
     assert config.data.image_size == IMAGE and config.data.resize_ratio == 40 / IMAGE
     assert config.data.mean == [0.5] * 3 and config.data.std == [0.5] * 3  # custom_mean_std on DAFB
+    assert config.data.interpolation == "bicubic" and config.data.transform_backend == "pil"
+    assert config.data.test_resize == "crop" and config.data.fast_decode is False
     assert checkpoint.class_names == [str(i) for i in range(CLASSES)]
     assert checkpoint.epoch == 7 and checkpoint.metrics == {"reference_accuracy": 91.5}
 
@@ -204,7 +167,7 @@ def test_saved_config_and_metadata(converted: tuple[dict, Path]) -> None:
 def test_class_names_from_csv_and_imagenet_normalisation(tmp_path: Path) -> None:
     names = tmp_path / "names.csv"
     names.write_text("class_id,class_name\n" + "".join(f"{i},bird {i}\n" for i in range(CLASSES)))
-    src = write_release(tmp_path / "cub.pth", reference_state(), release_args(custom_mean_std=False))
+    src = write_glsim_release(tmp_path / "cub.pth", reference_state(), release_args(custom_mean_std=False))
     out = convert_glsim_reference(src, num_classes=CLASSES, class_names=names)
     assert out == tmp_path / "cub.safetensors"
     checkpoint = load_checkpoint(out)
@@ -212,15 +175,40 @@ def test_class_names_from_csv_and_imagenet_normalisation(tmp_path: Path) -> None
     assert checkpoint.config.data.mean == [0.485, 0.456, 0.406]
 
 
+def photo(width: int = 61, height: int = 47) -> Image.Image:
+    """Gradients plus noise: a resampling or normalisation slip changes pixels."""
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:height, 0:width]
+    base = np.stack([x * 255 / width, y * 255 / height, (x + y) % 256], axis=-1)
+    return Image.fromarray(np.clip(base + rng.normal(0, 25, base.shape), 0, 255).astype(np.uint8))
+
+
+@pytest.mark.parametrize("directly", [False, True], ids=["resize-crop", "resize-directly"])
+def test_predictor_sees_the_reference_test_pixels(tmp_path: Path, directly: bool) -> None:
+    """The reference's test transform with CUB's custom normalisation (std ~0.05, which magnifies
+    any float slip) and its default resize int(1.34 * image_size)."""
+    args = release_args(dataset_name="cub", test_resize_size=None, test_resize_directly=directly)
+    out = convert_glsim_reference(write_glsim_release(tmp_path / "cub.pth", reference_state(), args))
+    mean, std = (0.3659524, 0.42010019, 0.41562049), (0.07625843, 0.04599726, 0.06182727)
+    side = IMAGE if directly else int(IMAGE * 1.34)
+    bicubic = transforms.InterpolationMode.BICUBIC
+    reference = transforms.Compose([transforms.Resize((side, side), interpolation=bicubic),
+                                    transforms.CenterCrop(IMAGE), transforms.ToTensor(),
+                                    transforms.Normalize(mean, std)])
+    ours = Predictor.from_checkpoint(out, device="cpu").transform(photo())
+    assert ours.shape == (3, IMAGE, IMAGE)
+    assert torch.equal(ours, reference(photo()))
+
+
 def test_wrong_num_classes_is_refused(tmp_path: Path) -> None:
-    src = write_release(tmp_path / "a.pth", reference_state())
+    src = write_glsim_release(tmp_path / "a.pth", reference_state())
     with pytest.raises(ConversionError, match="head has 5 classes"):
         convert_glsim_reference(src, tmp_path / "a.safetensors", num_classes=200)
     assert not (tmp_path / "a.safetensors").exists()
 
 
 def test_unsupported_architecture_is_refused(tmp_path: Path) -> None:
-    src = write_release(tmp_path / "a.pth", reference_state(), release_args(aggregator_num_hidden_layers=2))
+    src = write_glsim_release(tmp_path / "a.pth", reference_state(), release_args(aggregator_num_hidden_layers=2))
     with pytest.raises(ConversionError, match="aggregator_num_hidden_layers=2"):
         convert_glsim_reference(src, tmp_path / "a.safetensors")
 
@@ -229,7 +217,7 @@ def test_missing_and_unknown_keys_are_listed(tmp_path: Path) -> None:
     state = reference_state()
     del state["encoder.blocks.1.pwff.fc2.bias"]
     state["encoder.blocks.0.attn.extra.weight"] = torch.zeros(1)
-    src = write_release(tmp_path / "a.pth", state)
+    src = write_glsim_release(tmp_path / "a.pth", state)
     with pytest.raises(CheckpointError) as err:
         convert_glsim_reference(src, tmp_path / "a.safetensors")
     assert "backbone.vit.blocks.1.mlp.fc2.bias" in str(err.value)
@@ -262,6 +250,6 @@ def test_code_in_the_pickle_is_refused(tmp_path: Path) -> None:
 def test_bad_class_names_file_is_a_conversion_error(tmp_path: Path) -> None:
     names = tmp_path / "names.csv"
     names.write_text("0,a\n2,c\n")
-    src = write_release(tmp_path / "a.pth", reference_state())
+    src = write_glsim_release(tmp_path / "a.pth", reference_state())
     with pytest.raises(ConversionError, match="class ids must be 0..1"):
         convert_glsim_reference(src, tmp_path / "a.safetensors", class_names=names)

@@ -45,6 +45,14 @@ class NormalizeUint8(nn.Module):
         return image.to(torch.float32).sub_(self.shift).mul_(self.scale)
 
 
+class ToUnitFloat(nn.Module):
+    """uint8 image tensor -> float32 in [0, 1] as torchvision's ToTensor computes it (x / 255; v2's
+    ToDtype multiplies by 1 / 255, a few float32 ulps away, which a small std amplifies)."""
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return image.to(torch.float32).div_(255)
+
+
 def resize_size(data: DataConfig) -> int:
     """Side of the square every image is resized to before cropping (300 for 224 at ratio 1.34)."""
     return round(data.resize_ratio * data.image_size)
@@ -76,7 +84,7 @@ def build_transform(data: DataConfig, train: bool) -> v2.Compose:
         # and the fused normalisation skips a float image (timings: docs/benchmarks.md).
         first, last = [v2.PILToTensor()], [NormalizeUint8(data.mean, data.std)]
     else:
-        first, last = [], [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(data.mean, data.std)]
+        first, last = [], [v2.ToImage(), ToUnitFloat(), v2.Normalize(data.mean, data.std)]
     if not train:
         return v2.Compose([*first, square_resize(test_resize_size(data), data.interpolation), v2.CenterCrop(data.image_size), *last])
     steps = [*first, square_resize(resize_size(data), data.interpolation), v2.RandomCrop(data.image_size), v2.RandomHorizontalFlip()]
