@@ -24,6 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from conftest import TINY, TINY_VIT, all_methods, save_random_vit
+from fgir import load_onnx
 from fgir.config import Config, ModelConfig, load_config
 from fgir.engine.checkpoint import restore_model, save_checkpoint
 from fgir.methods import build_backbone, build_model, get_method
@@ -33,6 +34,7 @@ from fgir.models.layers.attention_capture import recorded_attention
 from fgir.models.peft.freezing import FrozenBackboneConfig
 from fgir.tools.attention import last_layer_map, model_attention, rollout_map
 from fgir.tools.explain import explanation_panels
+from fgir.tools.onnx_export import export_onnx
 
 CLASSES = ["a", "b", "c"]
 SIZE = 32  # patch 8: a 4x4 grid
@@ -417,3 +419,19 @@ def test_explained_attention_is_the_models_own(tiny, method):
         assert block.patch_start + block.grid[0] * block.grid[1] == tokens, f"block {index}: layout misses the patches"
     assert last_layer_map(shown).shape[1:] == shown[-1].grid
     assert rollout_map(shown).shape[1:] == shown[0].grid
+
+
+@pytest.mark.parametrize("method", all_methods())
+def test_exports_to_onnx_and_onnxruntime_gives_its_logits(tmp_path, tiny, method):
+    """`fgir export onnx` on the method's checkpoint (adapter-only where frozen): onnxruntime's
+    logits are PyTorch's within 1e-4, at batch sizes other than the traced one."""
+    config = tiny.config(method)
+    model = perturbed(tiny.model(method)).eval()
+    path = save_checkpoint(tmp_path / "best.safetensors", model, config, CLASSES, epoch=1, global_step=1)
+    report = export_onnx(path, tmp_path / "model.onnx")
+    assert report.max_abs_diff <= 1e-4
+    exported = load_onnx(str(tmp_path / "model.onnx")).model
+    images = batch()[0]
+    with torch.no_grad():
+        for count in (1, 3):
+            torch.testing.assert_close(exported(images[:count]), model(images[:count]), rtol=0, atol=1e-4)
