@@ -2,7 +2,7 @@
 reference code runs it (arXiv 2409.11051, Table 1: a frozen-backbone row whose trainable
 parameters are the heads):
 
-- Region (Section 3.2): the softmax attention of every block of the first pass is rolled out
+- Region (Section 3): the softmax attention of every block of the first pass is rolled out
   (heads averaged, identity added for the residual path, rows renormalised, blocks multiplied first
   to last; `fgir.models.layers.attention_rollout`); the CLS row of the result scores the patches.
   The paper's dynamic patch proposal module turns this map into a patch mask and boxes it; the
@@ -10,7 +10,7 @@ parameters are the heads):
   crop arithmetic (`fgir.models.gls`; `box=reference` reproduces the reference code's rounding and
   align-corners resize). The selection is not differentiable.
 - The crop, resized to the input size, is re-encoded by the same ViT with its own CLS token,
-  initialised from the pretrained one (the paper's scale-wise class tokens, Section 3.3).
+  initialised from the pretrained one (the paper's CLS token per scale, Fig. 2).
 - One linear head reads both CLS tokens and their logits are averaged; no aggregator block, one
   cross-entropy on the averaged logits (the reference's `avg_cls` classifier, two scales).
 - Frozen backbone by default (the ILA table); `frozen=false` fine-tunes every weight. Frozen, the
@@ -58,7 +58,7 @@ class RAMSTransConfig(FreezableConfig):
 
     frozen: bool = True  # True: frozen backbone, the ILA table's setting; False: full fine-tuning
     top_k: int = 8  # patches with the largest rolled-out CLS attention; the box is drawn around them
-    box: str = "inclusive"  # inclusive (covers the last selected patch) | reference (the paper code's rounding)
+    box: str = "inclusive"  # inclusive (covers the last selected patch) | reference (the ILA code's rounding, resize)
 
 
 def rollout_selection_flops(tokens: int, blocks: int, heads: int, crop_size: tuple[int, int],
