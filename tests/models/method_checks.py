@@ -1,4 +1,4 @@
-"""Checks shared by the tests of the comparison methods (MPN-COV, VQT, TransFG, FFVT)."""
+"""Checks shared by the tests of the comparison methods (MPN-COV, VQT, TransFG, FFVT, RAMS-Trans)."""
 
 import math
 
@@ -43,3 +43,13 @@ def refused_before_work(tmp_path, capsys, *overrides: str) -> str:
     assert len(lines) == 1 and lines[0].startswith("fgir train: error: "), lines
     assert not (tmp_path / "runs").exists()
     return lines[0]
+
+
+def trainable_and_reached(model: torch.nn.Module) -> set[str]:
+    """The names of the trainable parameters, after checking that one backward pass of a training
+    forward gives each of them a non-zero gradient and no other parameter any."""
+    model.train()(torch.randn(4, 3, 32, 32)).logsumexp(dim=1).sum().backward()
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    with_grad = {name for name, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert with_grad == trainable
+    return trainable

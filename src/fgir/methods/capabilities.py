@@ -18,6 +18,7 @@ class Explanation:
     boxes: torch.Tensor | None = None  # (B, 4) pixel x0, y0, x1, y1 of the region looked at (x1, y1 exclusive)
     crops: torch.Tensor | None = None  # (B, C, H, W) that region resized, when the model re-encodes it
     selected: int | None = None  # how many patches the box was drawn around
+    score_name: str = "GLS similarity"  # what `scores` measure, the title of their map
 
 
 @runtime_checkable
@@ -55,9 +56,15 @@ class HasFrozenBackbone(Protocol):
 
 @runtime_checkable
 class SelectsRegions(Protocol):
-    """A selection step between two encoder passes (GLSim's GLS crop), timed apart by `fgir bench`."""
+    """A selection step between two encoder passes (GLSim's GLS crop, RAMS-Trans's rollout crop),
+    timed apart by `fgir bench`."""
 
-    def select(self, images: torch.Tensor, tokens: torch.Tensor) -> tuple: ...
+    def selection_input(self, images: torch.Tensor) -> object:
+        """What `select` reads from the first encoder pass (GLSim: the tokens; RAMS-Trans: the
+        blocks' attention)."""
+        ...
+
+    def select(self, images: torch.Tensor, first_pass: object) -> tuple: ...
 
     def selection_flops(self, image_size: tuple[int, int]) -> int: ...
 

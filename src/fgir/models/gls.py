@@ -7,6 +7,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from fgir.errors import ConfigError
+from fgir.models.backbone import Backbone
+
 SIMILARITIES = ("cosine", "l1", "l2")
 BOX_MODES = ("inclusive", "reference")
 
@@ -93,6 +96,26 @@ def crop_and_resize(images: torch.Tensor, boxes: torch.Tensor, align_corners: bo
     height, width = images.shape[-2:]
     rows = _blend(images, 2, *_bilinear_taps(boxes[:, 1], boxes[:, 3], height, align_corners))
     return _blend(rows, 3, *_bilinear_taps(boxes[:, 0], boxes[:, 2], width, align_corners))
+
+
+def check_selected_count(key: str, count: int, facts, image_size: int) -> None:
+    """Refuse, before any work, selecting more patches than the backbone has at `image_size`
+    (`facts`: the method check's `BackboneFacts`)."""
+    if facts.patches is not None and count > facts.patches:
+        raise ConfigError(f"{key}={count} is larger than the number of patches "
+                          f"({image_size}/{facts.patch_size[0]})^2 = {facts.patches} at data.image_size={image_size}")
+
+
+def embed_with_cls(backbone: Backbone, images: torch.Tensor, cls_token: torch.Tensor) -> torch.Tensor:
+    """`Backbone.embed` with `cls_token` (1, 1, D) in the CLS slot, for a crop's own class token. The
+    slot holds the backbone's cls_token (plus its position embedding when the model adds one), so
+    adding the difference of the two CLS tokens swaps it for every position-embedding flavour; this
+    happens before the pre-norm, as in embed."""
+    vit = backbone.vit
+    tokens = vit._pos_embed(vit.patch_embed(images))
+    cls_slot = tokens[:, :1] + (cls_token - vit.cls_token)
+    tokens = torch.cat([cls_slot, tokens[:, 1:]], dim=1)
+    return vit.norm_pre(vit.patch_drop(tokens))
 
 
 def selection_flops(num_patches: int, dim: int, similarity: str, crop_size: tuple[int, int], channels: int = 3) -> int:

@@ -12,7 +12,6 @@ from torch import nn
 
 from fgir.config import ModelConfig
 from fgir.config_fields import MethodSection
-from fgir.errors import ConfigError
 from fgir.methods import register_method
 from fgir.methods.capabilities import Explanation
 from fgir.models.backbone import Backbone
@@ -20,7 +19,9 @@ from fgir.models.gls import (
     BOX_MODES,
     SIMILARITIES,
     boxes_from_indices,
+    check_selected_count,
     crop_and_resize,
+    embed_with_cls,
     gls_scores,
     selection_flops,
 )
@@ -95,6 +96,10 @@ class GLSim(nn.Module):
         output = self.forward_details(images)
         return Explanation(output.logits, output.scores, output.boxes, output.crops, selected=self.config.top_o)
 
+    def selection_input(self, images: torch.Tensor) -> torch.Tensor:
+        """What `select` reads from the first pass: the tokens after the final norm."""
+        return self.backbone.forward_features(images)
+
     def selection_flops(self, image_size: tuple[int, int]) -> int:
         """FLOPs of the selection step for one image (`fgir.models.gls.selection_flops`)."""
         patches = self.backbone.grid_for(*image_size)
@@ -163,14 +168,8 @@ class GLSim(nn.Module):
         return self.backbone.norm(self.backbone.run_blocks(tokens))
 
     def embed_with_crop_cls(self, crops: torch.Tensor) -> torch.Tensor:
-        """Backbone.embed with the crop CLS token in the CLS slot. The slot holds cls_token (plus its
-        position embedding when the model adds one), so adding the difference of the two CLS tokens
-        swaps it for every position-embedding flavour; this happens before the pre-norm, as in embed."""
-        vit = self.backbone.vit
-        tokens = vit._pos_embed(vit.patch_embed(crops))
-        cls_slot = tokens[:, :1] + (self.crop_cls - vit.cls_token)
-        tokens = torch.cat([cls_slot, tokens[:, 1:]], dim=1)
-        return vit.norm_pre(vit.patch_drop(tokens))
+        """Backbone.embed with the crop CLS token in the CLS slot (`fgir.models.gls.embed_with_cls`)."""
+        return embed_with_cls(self.backbone, crops, self.crop_cls)
 
     def _classify(self, fused: torch.Tensor) -> torch.Tensor:
         if self.config.head == "token":
@@ -187,11 +186,7 @@ def build_glsim(backbone: Backbone, num_classes: int, model: ModelConfig) -> GLS
 
 def check_glsim(config, facts) -> None:
     """The top-O selection needs at least O patches at the training image size."""
-    top_o = config.model.glsim.top_o
-    if facts.patches is not None and top_o > facts.patches:
-        size, patch = config.data.image_size, facts.patch_size[0]
-        raise ConfigError(f"model.glsim.top_o={top_o} is larger than the number of patches "
-                          f"({size}/{patch})^2 = {facts.patches} at data.image_size={size}")
+    check_selected_count("model.glsim.top_o", config.model.glsim.top_o, facts, config.data.image_size)
 
 
 register_method("glsim", build=build_glsim, config=GLSimConfig, check=check_glsim)

@@ -119,14 +119,14 @@ def selection_cost(model: SelectsRegions, images: torch.Tensor, device: torch.de
     """A selection step (GLSim's: GLS scores, top-O, boxes, batched crop + resize) against one encoder
     pass: FLOPs per image (the selection's counted by hand, see `selection_flops`) and median times
     per batch."""
-    tokens = model.backbone.forward_features(images)
+    first_pass = model.selection_input(images)
     counter = FlopCounterMode(display=False)
     with sdpa_kernel(SDPBackend.MATH), counter:
         model.backbone.forward_features(images[:1])
     encoder_flops = counter.get_total_flops()
     selection = model.selection_flops(tuple(images.shape[-2:]))
     encoder_ms = median_ms(lambda: model.backbone.forward_features(images), warmup, iters, device)
-    selection_ms = median_ms(lambda: model.select(images, tokens), warmup, max(iters, 10), device)
+    selection_ms = median_ms(lambda: model.select(images, first_pass), warmup, max(iters, 10), device)
     return {
         "selection_gflops_per_image": selection / 1e9,
         "encoder_pass_gflops_per_image": encoder_flops / 1e9,

@@ -99,7 +99,7 @@ def explanation_panels(model: nn.Module, backbone: Backbone, batch: torch.Tensor
         with torch.inference_mode():
             output = model.explain(batch)
         if output.scores is not None:
-            panels.append(("GLS similarity", shown, heat_map(output.scores[0].reshape(backbone.grid_for(*size)), size), None))
+            panels.append((output.score_name, shown, heat_map(output.scores[0].reshape(backbone.grid_for(*size)), size), None))
         if output.boxes is not None:
             x0, y0, x1, y1 = (int(v) for v in output.boxes[0].tolist())
             top = f" (top {output.selected} patches)" if output.selected else ""
