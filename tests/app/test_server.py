@@ -104,7 +104,7 @@ def test_the_crop_is_shown_for_glsim_only(method, tmp_path):
 
     recognizer = Recognizer.from_checkpoint(save_tiny_checkpoint(tmp_path, method)[0], device="cpu")
     images = {block.label: block for block in build_app(recognizer).blocks.values() if isinstance(block, gr.Image)}
-    assert images["the crop GLSim looked at again"].visible == (method == "glsim")
+    assert images["the crop the model looked at again"].visible == (method == "glsim")
     assert images["picture"].interactive is not False
 
 

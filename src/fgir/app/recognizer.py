@@ -65,6 +65,13 @@ class Recognizer:
         """Whether the model offers its own explanation (GLSim: the GLS map and its crop)."""
         return isinstance(self.predictor.model, Explains)
 
+    @property
+    def map_title(self) -> str:
+        """What the heat map shows: the model's own region scores, or its last-layer CLS attention."""
+        if not self.explains:
+            return "last-layer CLS attention"
+        return getattr(self.predictor.model, "score_name", "GLS similarity to the global token")
+
     def answer(self, path: str | os.PathLike, name: str) -> Answer:
         """Classify the upload at `path`; `name` is how errors refer to it (raises UploadError)."""
         image = open_upload(path, name, self.predictor.data.max_image_pixels)

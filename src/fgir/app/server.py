@@ -37,7 +37,7 @@ PAGE_CSS = "#heat-map img, #crop img { object-fit: contain; }"
 
 def build_app(recognizer: Recognizer) -> gr.Blocks:
     """The page: a picture in; the top classes, the heat map and (GLSim) the crop out."""
-    where = "GLS similarity to the global token" if recognizer.explains else "last-layer CLS attention"
+    where = recognizer.map_title
     # Uploads are people's pictures: Gradio's copies live an hour at most and go when the server stops.
     with gr.Blocks(title="fgir", analytics_enabled=False, delete_cache=(3600, 3600)) as app:
         gr.Markdown(
@@ -54,7 +54,7 @@ def build_app(recognizer: Recognizer) -> gr.Blocks:
                 classes = gr.Label(label=f"top {TOP_K}", num_top_classes=TOP_K, elem_id="classes")
                 heat_map = gr.Image(label=f"where the model looked: {where}", interactive=False, height=IMAGE_HEIGHT,
                                     elem_id="heat-map")
-                crop = gr.Image(label="the crop GLSim looked at again", interactive=False, height=IMAGE_HEIGHT,
+                crop = gr.Image(label="the crop the model looked at again", interactive=False, height=IMAGE_HEIGHT,
                                 elem_id="crop", visible=recognizer.explains)
         if recognizer.examples:
             gr.Examples(recognizer.examples, inputs=picture, label="examples from the test split", elem_id="examples")

@@ -77,6 +77,8 @@ def rollout_selection_flops(tokens: int, blocks: int, heads: int, crop_size: tup
 
 
 class RAMSTrans(FrozenBackboneModel):
+    score_name = "rolled-out CLS attention"  # the title of its score map in `fgir explain` and `fgir serve`
+
     def __init__(self, backbone: Backbone, num_classes: int, config: RAMSTransConfig, zero_init_head: bool = True):
         super().__init__()
         if not backbone.has_cls_token:
@@ -137,7 +139,7 @@ class RAMSTrans(FrozenBackboneModel):
         """The rollout scores, the box around the top-k patches and its crop."""
         output = self.forward_details(images)
         return Explanation(output.logits, output.scores, output.boxes, output.crops, selected=self.config.top_k,
-                           score_name="rolled-out CLS attention")
+                           score_name=self.score_name)
 
     def selection_flops(self, image_size: tuple[int, int]) -> int:
         """FLOPs of the selection step for one image (`rollout_selection_flops`)."""
