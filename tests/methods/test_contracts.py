@@ -95,6 +95,7 @@ CASES = {
     # The last block is replaced by the part-fusion block (and FFVT's final norm by its own): unused, frozen.
     "transfg": Case(freezes=lambda name: name.startswith("blocks.1.")),
     "ffvt": Case(freezes=lambda name: name.startswith(("blocks.1.", "norm."))),
+    "simtrans": Case(("model.simtrans.levels=2",), freezes=lambda name: name.startswith("blocks.1.")),
 }
 
 
