@@ -1,16 +1,16 @@
 """SIM-Trans (Sun et al., ACM MM 2022, arXiv 2208.14607, Section 3; method `simtrans`), as the ILA
 paper's reference code runs it (arXiv 2409.11051, Table 1, row SIM-Trans*):
 
-- Structure information learning (Section 3.2), in each of the last `levels` blocks (3): the CLS
+- Structure information learning (the SIL module), in each of the last `levels` blocks (3): the CLS
   row of the block's softmax attention, averaged over the heads, gives a weight per patch; patches
   above the mean weight are kept (a mask), the kept patch of largest weight is the anchor. Each
-  patch's polar coordinates relative to the anchor, (distance, angle) on the patch grid divided by
-  its row count, angle mapped from (-pi, pi] to (0, 1], both zero outside the mask, are the node
+  patch's polar coordinates relative to the anchor (grid offsets divided by the grid's row count;
+  the angle mapped from (-pi, pi] to (0, 1]; both zero outside the mask) are the node
   features of a graph whose adjacency is the outer product of the masked weights. A two-layer graph
   convolution (2 -> 512 -> D, no bias, LeakyReLU 0.2 and dropout after each, ReLU between; one
   module shared by the levels) gives the anchor node a structure feature, added to the CLS token,
   which the next block receives.
-- Multi-level feature boosting (Section 3.3): the CLS tokens after those levels, each through the
+- Multi-level feature boosting (the MFB module): the CLS tokens after those levels, each through the
   backbone's final norm, are concatenated; the head is BatchNorm, Linear (-> 1024), BatchNorm, ELU,
   Linear. The last level's block is a new randomly initialised one, as the reference's weight loader
   leaves it (it loads no module named `part*`); the backbone's last block is never run.
@@ -59,7 +59,7 @@ class SIMTransConfig(FreezableConfig):
     frozen: bool = False  # True: frozen backbone; False: full fine-tuning (the ILA table's *)
     levels: int = 3  # the last blocks that add structure to CLS and feed the head, the new last block included
     graph_width: int = 512  # hidden width of the two-layer graph convolution
-    graph_dropout: float = 0.1
+    graph_dropout: float = 0.1  # dropout after each graph layer and between them
     head_width: int = 1024  # hidden width of the boosting head
 
 
