@@ -15,7 +15,7 @@ SETTINGS = [
     ("vqt", {"query_tokens": 2}),
     ("transfg", {"frozen": True}), ("transfg", {"frozen": False, "overlap_stride": 6}),
     ("ffvt", {"frozen": True, "tokens_per_layer": 4}), ("ffvt", {"frozen": False, "tokens_per_layer": 4}),
-    ("simtrans", {"frozen": True, "head_width": 16}), ("simtrans", {"frozen": False, "head_width": 16}),
+    ("simtrans", {"frozen": True, "head_width": 16}), ("simtrans", {"frozen": False, "head_width": 16, "contrastive_weight": 1.0}),
 ]
 
 

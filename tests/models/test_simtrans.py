@@ -8,7 +8,14 @@ from method_checks import added_parameters, refused_before_work, trains_one_epoc
 from conftest import tinted_batch, tiny_backbone
 from fgir.config import ConfigError, model_config
 from fgir.models.attention_maps import block_with_scores
-from fgir.models.simtrans import SIMTrans, SIMTransConfig, StructureGraph, build_simtrans, polar_graph
+from fgir.models.simtrans import (
+    SIMTrans,
+    SIMTransConfig,
+    StructureGraph,
+    build_simtrans,
+    contrastive_loss,
+    polar_graph,
+)
 
 CLASSES = 5
 
@@ -160,6 +167,49 @@ def test_a_few_steps_classify_held_out_tinted_images_above_chance():
     assert accuracy > 0.6  # chance: 1/3
 
 
+def contrastive_by_pairs(features: torch.Tensor, labels: list[int], margin: float) -> float:
+    """Per anchor i: same class costs 1 - cos; another class costs 1 + cos when its distance
+    (1 - cos) / 2 is within the margin of i's mean distance to the rest of its class."""
+    n, total = len(labels), 0.0
+    cos = [[F.cosine_similarity(features[i], features[j], dim=0).item() for j in range(n)] for i in range(n)]
+    for i in range(n):
+        same = [(1 - cos[i][j]) / 2 for j in range(n) if j != i and labels[j] == labels[i]]
+        mean = sum(same) / len(same) if same else 0.0
+        for j in range(n):
+            if labels[j] == labels[i]:
+                total += 1 - cos[i][j]
+            elif (1 - cos[i][j]) / 2 <= margin + mean:
+                total += 1 + cos[i][j]
+    return total / n**2
+
+
+def test_contrastive_loss_equals_the_pairwise_definition():
+    torch.manual_seed(0)
+    features, labels = torch.randn(7, 8), [0, 1, 0, 2, 1, 0, 3]
+    for margin in (0.0, 0.05, 0.3):
+        expected = contrastive_by_pairs(features, labels, margin)
+        assert contrastive_loss(features, torch.tensor(labels), margin).item() == pytest.approx(expected, rel=1e-5)
+    # A smaller margin leaves out more pairs of different classes.
+    assert contrastive_loss(features, torch.tensor(labels), 0.0) < contrastive_loss(features, torch.tensor(labels), 0.9)
+
+
+def test_extra_loss_is_the_weighted_contrastive_loss_of_the_final_cls_in_training():
+    model = make(contrastive_weight=1.0).train()
+    images, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 0, 1])
+    torch.manual_seed(5)
+    model(images)
+    torch.manual_seed(5)
+    final_cls = model.features(images)[:, -32:]
+    torch.testing.assert_close(model.extra_loss(None, labels), contrastive_loss(final_cls, labels))
+    soft = F.one_hot(labels, CLASSES).float() * 0.7 + 0.06  # mixed targets: the dominant class counts
+    torch.testing.assert_close(model.extra_loss(None, soft), model.extra_loss(None, labels))
+    model.eval()(images)
+    assert model.extra_loss(None, labels) is None
+    off = make().train()
+    off(images)
+    assert off.extra_loss(None, labels) is None
+
+
 def test_more_levels_than_blocks_are_refused():
     with pytest.raises(ConfigError, match=r"model.simtrans.levels=4 is more than the 3 blocks"):
         make(depth=3, levels=4)
@@ -168,7 +218,7 @@ def test_more_levels_than_blocks_are_refused():
 @pytest.mark.parametrize("frozen", ["true", "false"])
 def test_one_epoch_through_the_trainer(tiny_config, frozen):
     trains_one_epoch(tiny_config, "model.method=simtrans", "model.simtrans.levels=2", "model.simtrans.head_width=16",
-                     f"model.simtrans.frozen={frozen}")
+                     "model.simtrans.contrastive_weight=1", f"model.simtrans.frozen={frozen}")
 
 
 def test_levels_above_the_depth_are_refused_before_any_work(tmp_path, capsys):

@@ -14,7 +14,11 @@ paper's reference code runs it (arXiv 2409.11051, Table 1, row SIM-Trans*):
   backbone's final norm, are concatenated; the head is BatchNorm, Linear (-> 1024), BatchNorm, ELU,
   Linear. The last level's block is a new randomly initialised one, as the reference's weight loader
   leaves it (it loads no module named `part*`); the backbone's last block is never run.
-- Cross-entropy only: the reference file defines the paper's contrastive loss but never calls it.
+- Cross-entropy only in the ILA reference, which defines the paper's contrastive loss but never
+  calls it; the authors' code adds it with weight 1 (`contrastive_weight`) on the last level's
+  normalised CLS features f: over pairs of the same class 1 - cos(f_i, f_j); over pairs of different
+  classes 1 + cos(f_i, f_j) where their distance (1 - cos) / 2 is at most the margin (0.3) plus
+  the mean distance of i to the other samples of its class; divided by B^2.
 
 The adjacency is rank one, A = w w^T, so A V is computed as w (w^T V); the reference's dropout
 between the two graph layers stays on in evaluation (a functional call), here it follows `train()`.
@@ -54,13 +58,16 @@ class SIMTransConfig(FreezableConfig):
 
     section: ClassVar[str] = "simtrans"
     POSITIVE: ClassVar[tuple[str, ...]] = ("levels", "graph_width", "head_width")
-    FRACTIONS: ClassVar[tuple[str, ...]] = ("graph_dropout",)
+    NON_NEGATIVE: ClassVar[tuple[str, ...]] = ("contrastive_weight",)
+    FRACTIONS: ClassVar[tuple[str, ...]] = ("graph_dropout", "contrastive_margin")
 
     frozen: bool = False  # True: frozen backbone; False: full fine-tuning (the ILA table's *)
     levels: int = 3  # the last blocks that add structure to CLS and feed the head, the new last block included
     graph_width: int = 512  # hidden width of the two-layer graph convolution
     graph_dropout: float = 0.1  # dropout after each graph layer and between them
     head_width: int = 1024  # hidden width of the boosting head
+    contrastive_weight: float = 0.0  # 0: cross-entropy only (the ILA reference); 1: the authors' code
+    contrastive_margin: float = 0.3  # distance beyond a class's mean within which other classes cost
 
 
 def polar_graph(weights: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -114,6 +121,19 @@ class BoostingHead(nn.Sequential):
                          LinearHead(hidden, num_classes, zero_init=zero_init))
 
 
+def contrastive_loss(features: torch.Tensor, labels: torch.Tensor, margin: float = 0.3) -> torch.Tensor:
+    """SIM-Trans's contrastive loss over a batch of features (B, D) with class indices (B,)."""
+    unit = F.normalize(features.float(), dim=-1)
+    cosine = unit @ unit.T
+    distance = (1 - cosine) / 2
+    same = labels[:, None] == labels[None, :]
+    others = same & ~torch.eye(len(labels), dtype=torch.bool, device=labels.device)
+    mean_same = (distance * others).sum(1) / (others.sum(1) + 1e-6)
+    hard = ~same & (distance <= margin + mean_same[:, None])
+    cost = torch.where(same, 1 - cosine, torch.where(hard, 1 + cosine, torch.zeros_like(cosine)))
+    return cost.sum() / labels.shape[0] ** 2
+
+
 def check_levels(levels: int, depth: int | None) -> None:
     if depth is not None and levels > depth:
         raise ConfigError(f"model.simtrans.levels={levels} is more than the {depth} blocks of the backbone")
@@ -135,7 +155,8 @@ class SIMTrans(FrozenBackboneModel):
         self.last_block = fusion_block(backbone)
         self.structure = StructureGraph(backbone.embed_dim, config.graph_width, config.graph_dropout)
         self.head = BoostingHead(config.levels * backbone.embed_dim, config.head_width, num_classes, zero_init_head)
-        self.levels = config.levels
+        self.config = config
+        self._last_cls: torch.Tensor | None = None
 
     def add_structure(self, tokens: torch.Tensor, probabilities: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """Tokens (B, S, D) and their block's softmax attention (B, H, S, S) -> the tokens, structure added to CLS."""
@@ -147,7 +168,7 @@ class SIMTrans(FrozenBackboneModel):
         """(B, levels D): the normalised CLS token after each of the last `levels` blocks, first to last."""
         grid = self.backbone.grid_for(*images.shape[-2:])
         blocks = [*self.backbone.blocks[:-1], self.last_block]
-        first = len(blocks) - self.levels
+        first = len(blocks) - self.config.levels
         tokens, levels = self.backbone.embed(images), []
         for index, block in enumerate(blocks):
             if index < first:
@@ -159,7 +180,17 @@ class SIMTrans(FrozenBackboneModel):
         return torch.cat(levels, dim=-1)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(images))
+        features = self.features(images)
+        keep = self.training and self.config.contrastive_weight
+        self._last_cls = features[:, -self.backbone.embed_dim:] if keep else None
+        return self.head(features)
+
+    def extra_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | None:
+        """The weighted contrastive loss of the last training forward's final CLS features (None otherwise)."""
+        if self._last_cls is None:
+            return None
+        labels = targets.argmax(dim=1) if targets.ndim == 2 else targets
+        return self.config.contrastive_weight * contrastive_loss(self._last_cls, labels, self.config.contrastive_margin)
 
 
 def build_simtrans(backbone: Backbone, num_classes: int, model: ModelConfig) -> SIMTrans:
