@@ -67,7 +67,7 @@ class SIMTransConfig(FreezableConfig):
     graph_dropout: float = 0.1  # dropout after each graph layer and between them
     head_width: int = 1024  # hidden width of the boosting head
     contrastive_weight: float = 0.0  # 0: cross-entropy only (the ILA reference); 1: the authors' code
-    contrastive_margin: float = 0.3  # distance beyond a class's mean within which other classes cost
+    contrastive_margin: float = 0.3  # other classes cost within this much beyond the mean same-class distance
 
 
 def polar_graph(weights: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
