@@ -64,7 +64,7 @@ def test_every_deviation_file_changes_what_its_recipe_would_be_without_it():
 
 
 # Methods that came after the per-file recipes: their files are checked by composing them below.
-NEWER_METHODS = ("mpncov", "vqt", "transfg", "ffvt", "ramstrans")
+NEWER_METHODS = ("mpncov", "vqt", "transfg", "ffvt", "ramstrans", "simtrans")
 
 
 def test_every_shipped_file_is_part_of_a_former_recipe_or_a_newer_method():

@@ -98,6 +98,7 @@ CASES = {
     "transfg": Case(freezes=lambda name: name.startswith("blocks.1.")),
     "ffvt": Case(freezes=lambda name: name.startswith(("blocks.1.", "norm."))),
     "ramstrans": Case(("model.ramstrans.top_k=4",)),
+    "simtrans": Case(("model.simtrans.levels=2",), freezes=lambda name: name.startswith("blocks.1.")),
 }
 
 

@@ -16,6 +16,7 @@ SETTINGS = [
     ("transfg", {"frozen": True}), ("transfg", {"frozen": False, "overlap_stride": 6}),
     ("ffvt", {"frozen": True, "tokens_per_layer": 4}), ("ffvt", {"frozen": False, "tokens_per_layer": 4}),
     ("ramstrans", {"frozen": True, "top_k": 4}), ("ramstrans", {"frozen": False, "top_k": 4}),
+    ("simtrans", {"frozen": True, "head_width": 16}), ("simtrans", {"frozen": False, "head_width": 16, "contrastive_weight": 1.0}),
 ]
 
 
@@ -45,7 +46,7 @@ def test_a_few_steps_lower_the_training_loss(method, section):
     assert loss().item() < first
 
 
-@pytest.mark.parametrize("method", ["mpncov", "vqt", "transfg", "ffvt", "ramstrans"])
+@pytest.mark.parametrize("method", list(dict(SETTINGS)))
 def test_bfloat16_autocast_gives_finite_logits_close_to_float32(method):
     model = build(method, dict(SETTINGS)[method]).eval()  # the last (full) setting of each
     images, _ = tinted_batch()

@@ -17,3 +17,4 @@ import fgir.models.vqt  # vqt
 import fgir.models.transfg  # transfg
 import fgir.models.ffvt  # ffvt
 import fgir.models.ramstrans  # ramstrans
+import fgir.models.simtrans  # simtrans
