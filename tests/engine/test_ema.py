@@ -6,14 +6,16 @@ import json
 
 import pytest
 import torch
+from test_checkpoint_peft import save_pretrained
 from timm.utils import ModelEmaV3
 from torch import nn
 
 from fgir.config import ConfigError
+from fgir.engine import trainer
 from fgir.engine.checkpoint import load_checkpoint, restore_model
 from fgir.engine.ema import WeightEma, ema_decay_at
+from fgir.engine.losses import classification_loss
 from fgir.engine.trainer import served_weights, train
-from test_checkpoint_peft import save_pretrained
 
 
 def tiny_net() -> nn.Module:
@@ -121,12 +123,26 @@ def test_ema_select_raw_keeps_the_ema_beside_but_serves_the_raw_weights(tiny_con
     assert all(torch.equal(model.state_dict()[k], v) for k, v in last.model_state.items())
 
 
-def test_resumed_run_with_ema_ends_bit_identical(tiny_config):
+def test_a_run_resumed_mid_epoch_after_a_crash_ends_bit_identical_ema_included(tiny_config, monkeypatch):
     common = ("train.epochs=3", "train.ema_decay=0.6", "train.ema_warmup=true", "train.grad_accum_steps=2",
-              "train.checkpoint_every_steps=1", "data.augment=medium")
+              "train.checkpoint_every_steps=1", "data.augment=medium", "train.select=last")
     full = train(tiny_config(*common, "train.run_name=full"), progress=False)
-    part = train(tiny_config(*common, "train.run_name=part"), progress=False, stop_after_epochs=1)
-    resumed = train(tiny_config(*common, f"train.resume={part.run_dir}"), progress=False)
+    calls = []
+
+    def crash_at_batch_7(*args, **kwargs):  # epoch 2, after the checkpoint of its first optimizer step
+        calls.append(None)
+        if len(calls) == 7:
+            raise RuntimeError("simulated crash")
+        return classification_loss(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "classification_loss", crash_at_batch_7)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(tiny_config(*common, "train.run_name=part"), progress=False)
+    monkeypatch.setattr(trainer, "classification_loss", classification_loss)
+    part = full.run_dir.parent / "part"
+    stopped = load_checkpoint(part / "checkpoints" / "last.safetensors", with_train_state=True)
+    assert (stopped.epoch, stopped.train_state["epoch_state"]["batches"]) == (1, 2) and stopped.ema_state
+    resumed = train(tiny_config(*common, f"train.resume={part}"), progress=False)
     a = load_checkpoint(full.run_dir / "checkpoints" / "last.safetensors")
     b = load_checkpoint(resumed.run_dir / "checkpoints" / "last.safetensors")
     assert a.ema_state.keys() == b.ema_state.keys() and all(torch.equal(a.ema_state[k], b.ema_state[k]) for k in a.ema_state)

@@ -5,6 +5,10 @@ best-validation weights. Nothing here knows how a method works inside: a model m
 logits (and may offer an `extra_loss(logits, targets)` to add after a training forward). Model selection uses
 the validation split only; the test split is scored exactly once.
 
+Weight averaging: a weight EMA (`train.ema_decay`, fgir.engine.ema) follows every optimizer step
+and is validated beside the raw weights; `train.average_top` keeps the best epochs and averages
+them at the end (fgir.engine.averaging).
+
 Safety: a step with a non-finite loss or gradient is skipped (counted in `skipped_steps`) and
 `train.max_bad_steps` of them in a row raise DivergenceError. SIGTERM / SIGINT end the current
 optimizer step, write a resumable `last` checkpoint that records the position inside the epoch and
@@ -394,7 +398,7 @@ def _train(config: Config, progress: bool, stop_after_epochs: int | None, device
                 evaluate_now = val_loader is not None and ((epoch + 1) % config.train.eval_every == 0
                                                            or epoch + 1 == config.train.epochs)
                 if evaluate_now:
-                    validate(ctx, val_loader, epoch + 1, row)
+                    validate_epoch(ctx, val_loader, epoch + 1, row)
                 ctx.log.epoch(row, ctx.global_step)
                 if ddp.is_main:
                     print(_epoch_line(row, config.train.epochs))
@@ -416,7 +420,7 @@ def _train(config: Config, progress: bool, stop_after_epochs: int | None, device
     return finish(ctx)
 
 
-def validate(ctx: TrainContext, loader: DataLoader, epoch: int, row: dict[str, Any]) -> None:
+def validate_epoch(ctx: TrainContext, loader: DataLoader, epoch: int, row: dict[str, Any]) -> None:
     """Score the epoch's weights (and their EMA, `val_ema_*`) on the validation split; the best
     checkpoint and the kept best epochs (train.average_top) follow the served weights' top-1."""
     config = ctx.config
