@@ -264,7 +264,7 @@ def discard_run_outputs(run_dir: Path) -> None:
 def remove_stale_temporaries(run_dir: Path) -> None:
     """A process killed while writing leaves its temporary file (fgir.fileio.atomic_path names them
     `.<name>.*.tmp`); nothing reads them, but a checkpoint's can weigh gigabytes."""
-    for folder in (run_dir, run_dir / "checkpoints"):
+    for folder in (run_dir, run_dir / "checkpoints", run_dir / "checkpoints" / averaging.TOP_DIR):
         for tmp in folder.glob(".*.tmp"):
             tmp.unlink(missing_ok=True)
 
