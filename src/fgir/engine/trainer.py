@@ -440,7 +440,7 @@ def validate_epoch(ctx: TrainContext, loader: DataLoader, epoch: int, row: dict[
                             global_step=ctx.global_step, metrics=metrics, **ema_entries(ctx))
     n = config.train.average_top
     if n and ctx.ddp.is_main and averaging.enters_top(ctx.ckpt_dir, n, val["top1"]):
-        with served(ctx):
+        with served_weights_in(ctx):
             save_checkpoint(averaging.top_path(ctx.ckpt_dir, epoch), ctx.net, config, ctx.class_names,
                             epoch=epoch, global_step=ctx.global_step, metrics={"val": val})
         averaging.prune(ctx.ckpt_dir, n)
@@ -461,7 +461,7 @@ def served_weights(ema_select: str, raw_top1: float, ema_top1: float) -> str:
     return ema_select
 
 
-def served(ctx: TrainContext) -> contextlib.AbstractContextManager:
+def served_weights_in(ctx: TrainContext) -> contextlib.AbstractContextManager:
     """Inside it the model holds the weights the run serves (its EMA with ctx.served=ema)."""
     return ctx.ema.applied(ctx.net) if ctx.ema is not None and ctx.served == "ema" else contextlib.nullcontext()
 
