@@ -188,7 +188,18 @@ class TrainConfig:
     # Which weights score the test split: val, the best on the validation split (model selection for
     # one's own data); last, the last epoch's, as the papers report (their recipes train on train_val
     # with no validation split, and the test split is scored once).
+    # average: the mean of the train.average_top best epochs' weights (timm's avg_checkpoints).
     select: str = "val"
+    # Weight EMA (timm's ModelEmaV3, updated after every optimizer step): e.g. 0.9998; None or 0: off.
+    # ema_warmup: timm's decay warm-up, min(ema_decay, 1 - n^(-2/3)) at optimizer step n.
+    ema_decay: float | None = None
+    ema_warmup: bool = False
+    # Which weights of a checkpoint score the test split and load in predict / eval / export when the
+    # EMA is on: raw, ema, or best (whichever scored the higher validation top-1 that epoch).
+    ema_select: str = "ema"
+    # Keep the N best epochs' weights (by validation top-1) and write their mean as
+    # checkpoints/averaged.safetensors at the end; 0: off.
+    average_top: int = 0
     seed: int = 1
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     resume: str | None = None  # a run directory to continue
@@ -240,7 +251,8 @@ CHOICES = {
     "model.drop_path_layout": ("linear", "uniform"),
     "train.optimizer": ("sgd", "adamw"),
     "train.schedule": ("standard", "reference"),
-    "train.select": ("val", "last"),
+    "train.select": ("val", "last", "average"),
+    "train.ema_select": ("raw", "ema", "best"),
     "train.class_weights": ("none", "inverse_sqrt", "effective_number"),
     "train.precision": ("auto", "fp32", "bf16", "fp16"),
 }
@@ -523,7 +535,7 @@ def apply_overrides(config: Config, overrides: list[str]) -> Config:
 POSITIVE = ("train.lr", "train.epochs", "train.grad_accum_steps", "train.eval_every", "train.max_bad_steps",
             "data.image_size", "data.batch_size", "data.eval_batch_size", "data.resize_ratio", "data.max_image_pixels")
 NON_NEGATIVE = ("train.warmup_steps", "train.weight_decay", "train.grad_clip", "train.min_lr", "train.warmup_lr",
-                "train.checkpoint_every_steps")
+                "train.checkpoint_every_steps", "train.average_top")
 
 
 def _value(config: Config, key: str) -> Any:
@@ -549,6 +561,7 @@ def validate(config: Config) -> None:
     for key in NON_NEGATIVE:
         non_negative(key, _value(config, key))
     fraction("train.label_smoothing", config.train.label_smoothing)
+    _check_weight_averaging(config)
     _check_backbone(config.model.backbone)
     if not 0 <= config.data.color_jitter <= 0.5:
         raise ConfigError(f"config key 'data.color_jitter' must be in [0, 0.5] (hue jitter is at most 0.5), "
@@ -562,6 +575,23 @@ def validate(config: Config) -> None:
                           "1 <= tail_below <= head_above + 1")
     if len(config.data.mean) != 3 or len(config.data.std) != 3:
         raise ConfigError("config keys 'data.mean' and 'data.std' must have 3 values (RGB)")
+
+
+def _check_weight_averaging(config: Config) -> None:
+    """The EMA and top-N averaging keys (fgir.engine.ema, fgir.engine.averaging)."""
+    train = config.train
+    if train.ema_decay and not 0 < train.ema_decay < 1:
+        raise ConfigError(f"config key 'train.ema_decay' must be in (0, 1) (e.g. 0.9998), or 0 / null for no "
+                          f"EMA, got {train.ema_decay}")
+    if train.ema_decay and train.ema_select == "best" and not config.data.val:
+        raise ConfigError("train.ema_select=best picks raw or EMA weights by validation top-1, but data.val is "
+                          "null: give a validation split, or train.ema_select=raw / ema")
+    if train.average_top and not config.data.val:
+        raise ConfigError(f"train.average_top={train.average_top} keeps the best epochs by validation top-1, but "
+                          "data.val is null: give a validation split, or train.average_top=0")
+    if train.select == "average" and not train.average_top:
+        raise ConfigError("train.select=average tests the mean of the best epochs, but train.average_top=0: "
+                          "give e.g. train.average_top=3, or train.select=val / last")
 
 
 def _check_backbone(name: str) -> None:

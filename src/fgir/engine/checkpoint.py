@@ -12,6 +12,10 @@ backbone tensor (e.g. BatchNorm statistics of added modules), plus the backbone'
 metadata (model name, weight source and a SHA-256 of the frozen backbone tensors). Five tasks on one
 backbone then cost five small files; loading rebuilds the backbone from the config's weights and
 refuses it when its hash differs.
+
+A run with a weight EMA (`train.ema_decay`) also stores the EMA of the saved tensors under
+`ema/<name>`, and in the metadata `weights` which of the two sets the checkpoint serves
+(`Checkpoint.served_state`: what the test split, predict, eval and export use).
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ from fgir.models.weights import WeightsNotFoundError
 
 FORMAT = "fgir-checkpoint/1"
 TRAIN_STATE = "train_state"
+EMA = "ema"  # prefix of the EMA tensors
+SERVED = "weights"  # metadata entry: "raw" or "ema", in checkpoints holding an EMA
 BACKBONE = "backbone"  # metadata entry of adapter-only checkpoints
 SUPPLY_BACKBONE = ("give the backbone weights it was trained on with --weights PATH (fgir predict, eval, "
                    "calibrate, explain, serve, bench, analyze cka, convert merge-lora; weights=PATH in Python), "
@@ -78,6 +84,13 @@ class Checkpoint:
     train_state: dict[str, Any] | None = None
     # Set for adapter-only checkpoints: model_state then lacks the frozen backbone tensors.
     backbone: BackboneIdentity | None = None
+    ema_state: dict[str, torch.Tensor] = field(default_factory=dict)  # the EMA of the stored tensors, if any
+    served: str = "raw"  # which weights the checkpoint serves: raw (model_state) or ema
+
+    @property
+    def served_state(self) -> dict[str, torch.Tensor]:
+        """The weights to score and deploy: the raw ones, or with `served=ema` the EMA over them."""
+        return {**self.model_state, **self.ema_state} if self.served == "ema" else self.model_state
 
 
 def save_checkpoint(
@@ -90,9 +103,12 @@ def save_checkpoint(
     global_step: int,
     metrics: dict[str, Any] | None = None,
     train_state: dict[str, Any] | None = None,
+    ema_state: dict[str, torch.Tensor] | None = None,
+    served: str = "raw",
 ) -> Path:
     """Write a checkpoint atomically (temporary file + rename): a crash never leaves half a file.
-    A frozen-backbone model on pretrained weights is saved adapter-only (see the module docstring)."""
+    A frozen-backbone model on pretrained weights is saved adapter-only (see the module docstring).
+    `ema_state`: the weight EMA to store beside the weights; `served` (raw / ema): which set is used."""
     state = model.state_dict()
     metadata = {
         "format": FORMAT,
@@ -109,6 +125,9 @@ def save_checkpoint(
         metadata[BACKBONE] = json.dumps(asdict(identity))
         state = {key: value for key, value in state.items() if key not in frozen}
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    if ema_state:
+        metadata[SERVED] = served
+        tensors.update({f"{EMA}/{k}": v.detach().cpu().contiguous() for k, v in ema_state.items()})
     if train_state is not None:
         state_tensors: dict[str, torch.Tensor] = {}
         metadata[TRAIN_STATE] = json.dumps(flatten(train_state, TRAIN_STATE, state_tensors))
@@ -131,19 +150,31 @@ def _unshare(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def resolve_checkpoint_path(path: str | os.PathLike) -> Path:
-    """Accept a checkpoint file, a run directory (-> its best checkpoint, else its last), or a run
-    pushed to the Hugging Face Hub, `hf-hub:ORG/NAME[@revision]` (-> its pulled checkpoint)."""
+    """Accept a checkpoint file, a run directory (-> its best checkpoint, else its last; the averaged
+    one of a run trained with train.select=average), or a run pushed to the Hugging Face Hub,
+    `hf-hub:ORG/NAME[@revision]` (-> its pulled checkpoint)."""
     if is_hub_reference(path):
         return pull(path).checkpoint
     path = Path(path)
     if path.is_dir():
-        for candidate in (path / "checkpoints" / "best.safetensors", path / "checkpoints" / "last.safetensors"):
+        names = ("averaged", "best", "last") if _selects_average(path) else ("best", "last")
+        for candidate in (path / "checkpoints" / f"{name}.safetensors" for name in names):
             if candidate.is_file():
                 return candidate
         raise CheckpointError(f"{path}: a directory without checkpoints/best.safetensors or checkpoints/last.safetensors")
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     return path
+
+
+def _selects_average(run_dir: Path) -> bool:
+    """Was the run in `run_dir` tested with the mean of its best epochs (train.select=average)?"""
+    config = run_dir / "config.yaml"
+    try:
+        train = (yaml.safe_load(config.read_text()) or {}).get("train") if config.is_file() else None
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(train, dict) and train.get("select") == "average"
 
 
 def load_checkpoint(path: str | os.PathLike, *, with_train_state: bool = False) -> Checkpoint:
@@ -157,7 +188,8 @@ def load_checkpoint(path: str | os.PathLike, *, with_train_state: bool = False) 
                     "to start from foreign backbone weights use model.weights=<file>"
                 )
             keys = list(handle.keys())
-            model_state = {k: handle.get_tensor(k) for k in keys if not k.startswith(TRAIN_STATE + "/")}
+            model_state = {k: handle.get_tensor(k) for k in keys if not k.startswith((TRAIN_STATE + "/", EMA + "/"))}
+            ema_state = {k.removeprefix(EMA + "/"): handle.get_tensor(k) for k in keys if k.startswith(EMA + "/")}
             train_state = None
             if with_train_state:
                 if TRAIN_STATE not in metadata:
@@ -179,7 +211,17 @@ def load_checkpoint(path: str | os.PathLike, *, with_train_state: bool = False) 
         model_state=model_state,
         train_state=train_state,
         backbone=_backbone_identity(path, metadata),
+        ema_state=ema_state,
+        served=_served(path, metadata, ema_state),
     )
+
+
+def _served(path: Path, metadata: dict[str, str], ema_state: dict[str, torch.Tensor]) -> str:
+    served = metadata.get(SERVED, "raw")
+    if served not in ("raw", "ema") or (served == "ema" and not ema_state):
+        raise CheckpointError(f"{path}: damaged fgir checkpoint: metadata '{SERVED}' is {served!r}, expected 'raw' "
+                              "or 'ema' (with EMA tensors)")
+    return served
 
 
 def _entry(path: Path, metadata: dict[str, str], name: str, parse: Callable[[str], Any], kind: type) -> Any:
@@ -281,7 +323,7 @@ def restore_model(path: str | os.PathLike, device: str | torch.device = "cpu",
     except WeightsNotFoundError as err:  # the hub, unreachable and not cached
         raise CheckpointError(f"{checkpoint.path}: its frozen backbone cannot be loaded: "
                               f"{str(err).splitlines()[0]} ... {SUPPLY_BACKBONE}") from None
-    load_model_state(model, checkpoint.model_state, str(checkpoint.path), identity)
+    load_model_state(model, checkpoint.served_state, str(checkpoint.path), identity)
     return model.to(device).eval(), checkpoint
 
 
@@ -351,7 +393,7 @@ def update_metadata(path: str | os.PathLike, entries: dict[str, str]) -> Path:
     metadata = read_metadata(path)
     if metadata.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an fgir checkpoint (metadata format={metadata.get('format')!r})")
-    protected = sorted(set(entries) & {"format", "config", "class_names", TRAIN_STATE, BACKBONE})
+    protected = sorted(set(entries) & {"format", "config", "class_names", TRAIN_STATE, BACKBONE, SERVED})
     if protected:
         raise ValueError(f"metadata entries {', '.join(protected)} are written by save_checkpoint only")
     with safe_open(str(path), framework="pt") as handle:

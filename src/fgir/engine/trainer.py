@@ -5,6 +5,10 @@ best-validation weights. Nothing here knows how a method works inside: a model m
 logits (and may offer an `extra_loss(logits, targets)` to add after a training forward). Model selection uses
 the validation split only; the test split is scored exactly once.
 
+Weight averaging: a weight EMA (`train.ema_decay`, fgir.engine.ema) follows every optimizer step
+and is validated beside the raw weights; `train.average_top` keeps the best epochs and averages
+them at the end (fgir.engine.averaging).
+
 Safety: a step with a non-finite loss or gradient is skipped (counted in `skipped_steps`) and
 `train.max_bad_steps` of them in a row raise DivergenceError. SIGTERM / SIGINT end the current
 optimizer step, write a resumable `last` checkpoint that records the position inside the epoch and
@@ -39,6 +43,7 @@ from fgir.config import Config, ConfigError, save_config, to_dict, with_absolute
 from fgir.data import build_batch_mix, build_dataset, build_loader, build_transform, dataset_info
 from fgir.data.datasets import Batch
 from fgir.data.preflight import preflight
+from fgir.engine import averaging
 from fgir.engine.acceleration import compile_model, set_grad_checkpointing, use_channels_last
 from fgir.engine.checkpoint import (
     CheckpointError,
@@ -59,6 +64,7 @@ from fgir.engine.distributed import (
     unwrap,
     wrap_model,
 )
+from fgir.engine.ema import WeightEma
 from fgir.engine.evaluator import predict_split
 from fgir.engine.longtail import class_frequencies
 from fgir.engine.losses import class_weights, classification_loss
@@ -152,6 +158,8 @@ class TrainContext:
     progress: bool
     stop: StopSignals
     loss_weight: torch.Tensor | None = None  # per-class weights (train.class_weights), on the device
+    ema: WeightEma | None = None  # the weight EMA (train.ema_decay)
+    served: str = "raw"  # the weights checkpoints serve: raw, or ema (train.ema_select, decided at validation)
     global_step: int = 0
     best_top1: float = -1.0
 
@@ -256,7 +264,7 @@ def discard_run_outputs(run_dir: Path) -> None:
 def remove_stale_temporaries(run_dir: Path) -> None:
     """A process killed while writing leaves its temporary file (fgir.fileio.atomic_path names them
     `.<name>.*.tmp`); nothing reads them, but a checkpoint's can weigh gigabytes."""
-    for folder in (run_dir, run_dir / "checkpoints"):
+    for folder in (run_dir, run_dir / "checkpoints", run_dir / "checkpoints" / averaging.TOP_DIR):
         for tmp in folder.glob(".*.tmp"):
             tmp.unlink(missing_ok=True)
 
@@ -279,7 +287,7 @@ def init_weights_from(net: nn.Module, source: str, new_head: bool) -> list[str]:
     """Load the model weights of another run (`train.init_from`). With `new_head`, tensors whose
     shape differs only where the class count differs keep their fresh initialisation; returns them."""
     checkpoint = load_checkpoint(source)
-    state, own = dict(checkpoint.model_state), net.state_dict()
+    state, own = dict(checkpoint.served_state), net.state_dict()
     fresh = []
     if new_head:
         theirs = len(checkpoint.class_names)
@@ -363,13 +371,15 @@ def _train(config: Config, progress: bool, stop_after_epochs: int | None, device
     optimizer = build_optimizer(net, config.train)
     scheduler = build_scheduler(optimizer, steps_per_epoch * config.train.epochs, config.train)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    ema = WeightEma(net, config.train.ema_decay, config.train.ema_warmup) if config.train.ema_decay else None
 
     weight = class_weights(class_frequencies(train_set.labels, num_classes), config.train.class_weights)
     ctx = TrainContext(config=config, model=model, net=net, train_loader=train_loader, optimizer=optimizer,
                        scheduler=scheduler, scaler=scaler, batch_mix=batch_mix, device=device, dtype=dtype, ddp=ddp,
                        log=RunLog(run_dir, config, writes=ddp.is_main), run_dir=run_dir, class_names=class_names,
                        progress=progress, stop=StopSignals(),
-                       loss_weight=None if weight is None else weight.to(device))
+                       loss_weight=None if weight is None else weight.to(device), ema=ema,
+                       served="ema" if ema is not None and config.train.ema_select == "ema" else "raw")
     start_epoch, epoch_state, resume_rng = 0, EpochState(), None
     if config.train.resume:
         start_epoch, epoch_state, resume_rng = resume(ctx)
@@ -388,15 +398,7 @@ def _train(config: Config, progress: bool, stop_after_epochs: int | None, device
                 evaluate_now = val_loader is not None and ((epoch + 1) % config.train.eval_every == 0
                                                            or epoch + 1 == config.train.epochs)
                 if evaluate_now:
-                    val = evaluate(ctx, val_loader, "val")
-                    row.update({f"val_{k}": v for k, v in val.items() if k not in ("num_samples", "skipped_images")})
-                    if val["skipped_images"]:
-                        row["val_skipped_images"] = len(val["skipped_images"])
-                    if val["top1"] > ctx.best_top1 and config.train.select == "val":
-                        ctx.best_top1 = val["top1"]
-                        if ddp.is_main:
-                            save_checkpoint(ctx.ckpt_dir / "best.safetensors", net, config, class_names,
-                                            epoch=epoch + 1, global_step=ctx.global_step, metrics={"val": val})
+                    validate_epoch(ctx, val_loader, epoch + 1, row)
                 ctx.log.epoch(row, ctx.global_step)
                 if ddp.is_main:
                     print(_epoch_line(row, config.train.epochs))
@@ -413,7 +415,77 @@ def _train(config: Config, progress: bool, stop_after_epochs: int | None, device
         if ddp.is_main:
             print(f"stopped after epoch {end_epoch}/{config.train.epochs}; continue with train.resume={run_dir}")
         return RunResult(run_dir, ctx.ckpt_dir / "last.safetensors", None, None)
+    if config.train.average_top:
+        write_average(ctx, val_loader)
     return finish(ctx)
+
+
+def validate_epoch(ctx: TrainContext, loader: DataLoader, epoch: int, row: dict[str, Any]) -> None:
+    """Score the epoch's weights (and their EMA, `val_ema_*`) on the validation split; the best
+    checkpoint and the kept best epochs (train.average_top) follow the served weights' top-1."""
+    config = ctx.config
+    scores = {"raw": evaluate(ctx, loader, "val")}
+    row.update(val_columns("val", scores["raw"]))
+    if ctx.ema is not None:
+        with ctx.ema.applied(ctx.net):
+            scores["ema"] = evaluate(ctx, loader, "val")
+        row.update(val_columns("val_ema", scores["ema"]))
+        ctx.served = served_weights(config.train.ema_select, scores["raw"]["top1"], scores["ema"]["top1"])
+    val = scores[ctx.served]
+    metrics = {"val": val} if ctx.ema is None else {"val": val, "val_raw": scores["raw"], "val_ema": scores["ema"]}
+    if val["top1"] > ctx.best_top1 and config.train.select == "val":
+        ctx.best_top1 = val["top1"]
+        if ctx.ddp.is_main:
+            save_checkpoint(ctx.ckpt_dir / "best.safetensors", ctx.net, config, ctx.class_names, epoch=epoch,
+                            global_step=ctx.global_step, metrics=metrics, **ema_entries(ctx))
+    n = config.train.average_top
+    if n and ctx.ddp.is_main and averaging.enters_top(ctx.ckpt_dir, n, val["top1"]):
+        with served_weights_in(ctx):
+            save_checkpoint(averaging.top_path(ctx.ckpt_dir, epoch), ctx.net, config, ctx.class_names,
+                            epoch=epoch, global_step=ctx.global_step, metrics={"val": val})
+        averaging.prune(ctx.ckpt_dir, n)
+
+
+def val_columns(prefix: str, metrics: dict[str, Any]) -> dict[str, Any]:
+    """The metrics-row entries of one validation pass: `<prefix>_top1`, ... (skipped images counted)."""
+    columns = {f"{prefix}_{k}": v for k, v in metrics.items() if k not in ("num_samples", "skipped_images")}
+    if metrics["skipped_images"]:
+        columns[f"{prefix}_skipped_images"] = len(metrics["skipped_images"])
+    return columns
+
+
+def served_weights(ema_select: str, raw_top1: float, ema_top1: float) -> str:
+    """train.ema_select: raw, ema, or best (the EMA only when its top-1 is higher)."""
+    if ema_select == "best":
+        return "ema" if ema_top1 > raw_top1 else "raw"
+    return ema_select
+
+
+def served_weights_in(ctx: TrainContext) -> contextlib.AbstractContextManager:
+    """Inside it the model holds the weights the run serves (its EMA with ctx.served=ema)."""
+    return ctx.ema.applied(ctx.net) if ctx.ema is not None and ctx.served == "ema" else contextlib.nullcontext()
+
+
+def ema_entries(ctx: TrainContext) -> dict[str, Any]:
+    """save_checkpoint's EMA arguments: the EMA beside the weights, and which of the two is served."""
+    return {} if ctx.ema is None else {"ema_state": ctx.ema.state_dict(), "served": ctx.served}
+
+
+def write_average(ctx: TrainContext, val_loader: DataLoader) -> None:
+    """checkpoints/averaged.safetensors: the mean of the kept best epochs (fgir.engine.averaging),
+    scored on the validation split. Every process averages the same files; rank 0 writes."""
+    state, kept = averaging.average_kept(ctx.ckpt_dir)
+    source = load_checkpoint(kept[0].path)
+    load_model_state(ctx.net, state, f"the mean of {len(kept)} epochs", source.backbone)
+    val = evaluate(ctx, val_loader, "val")
+    epochs = [k.epoch for k in kept]
+    if ctx.ddp.is_main:
+        save_checkpoint(ctx.ckpt_dir / averaging.AVERAGED, ctx.net, ctx.config, ctx.class_names,
+                        epoch=ctx.config.train.epochs, global_step=ctx.global_step,
+                        metrics={"val": val, "averaged_epochs": epochs})
+        print(f"averaged epochs {', '.join(map(str, epochs))}: val top-1 {val['top1']:.2f}% "
+              f"(best single {kept[0].top1:.2f}%)")
+    barrier(ctx.ddp)
 
 
 def report_trainable(net: nn.Module, run_dir: Path) -> None:
@@ -442,6 +514,11 @@ def resume(ctx: TrainContext) -> tuple[int, EpochState, dict[str, Any] | None]:
                               f"has {len(ours)} classes ({', '.join(ours[:3])}, ...), the run was trained on "
                               f"{len(theirs)} ({', '.join(theirs[:3])}, ...)")
     load_model_state(ctx.net, last.model_state, str(last.path), last.backbone)
+    if ctx.ema is not None:
+        ctx.ema.load_state_dict(last.ema_state, str(last.path))
+        ctx.served = last.served
+    if ctx.config.train.average_top and ctx.ddp.is_main:
+        averaging.forget_after(ctx.ckpt_dir, last.epoch)
     ctx.optimizer.load_state_dict(state["optimizer"])
     ctx.scheduler.load_state_dict(state["scheduler"])
     if state["scaler"]:  # empty when saved without fp16 loss scaling (train.precision may change)
@@ -478,7 +555,7 @@ def save_last(ctx: TrainContext, epoch: int, metrics: dict[str, Any], state: Epo
                    "scaler": ctx.scaler.state_dict(), "rng": rngs, "best_top1": ctx.best_top1,
                    "epoch_state": asdict(totals)}
     save_checkpoint(ctx.ckpt_dir / "last.safetensors", ctx.net, ctx.config, ctx.class_names, epoch=epoch,
-                    global_step=ctx.global_step, metrics=metrics, train_state=train_state)
+                    global_step=ctx.global_step, metrics=metrics, train_state=train_state, **ema_entries(ctx))
 
 
 def merged(state: EpochState, ddp: Distributed) -> EpochState:
@@ -618,6 +695,8 @@ def step(ctx: TrainContext, step_is_bad: bool) -> tuple[bool, bool]:
     ctx.optimizer.zero_grad(set_to_none=True)
     ctx.scheduler.step()  # after a skipped step too, so the schedule stays aligned with the epochs
     ctx.global_step += 1
+    if ctx.ema is not None:  # after every optimizer step, as timm's train.py updates its ModelEmaV3
+        ctx.ema.update(ctx.net, ctx.global_step)
     return stepped, stop_now
 
 
@@ -676,17 +755,22 @@ def _epoch_line(row: dict[str, Any], epochs: int) -> str:
             f"{format_rate(row['train_img_per_s'])} img/s")
     if "val_top1" in row:
         line += f"  val top-1 {row['val_top1']:.2f}%"
+    if "val_ema_top1" in row:
+        line += f"  (EMA {row['val_ema_top1']:.2f}%)"
     return line
 
 
 def finish(ctx: TrainContext) -> RunResult:
     """Score the test split once: with the best-validation weights (train.select=val, when there is a
-    validation split) or with the last epoch's (train.select=last, as the papers report)."""
+    validation split), the last epoch's (train.select=last, as the papers report) or the mean of the
+    best epochs (train.select=average); of a checkpoint with an EMA, the weights it serves."""
     config, run_dir = ctx.config, ctx.run_dir
     best, last = ctx.ckpt_dir / "best.safetensors", ctx.ckpt_dir / "last.safetensors"
     chosen = best if config.train.select == "val" and best.is_file() else last
+    if config.train.select == "average":
+        chosen = ctx.ckpt_dir / averaging.AVERAGED
     checkpoint = load_checkpoint(chosen)
-    load_model_state(ctx.net, checkpoint.model_state, str(chosen), checkpoint.backbone)
+    load_model_state(ctx.net, checkpoint.served_state, str(chosen), checkpoint.backbone)
     val_metrics = checkpoint.metrics.get("val")
     test_metrics = None
     if config.data.test:
