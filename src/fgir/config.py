@@ -34,7 +34,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from fgir.config_fields import fraction, non_negative, one_of, positive
+from fgir.config_fields import fraction, non_negative, one_of, positive, timm_policy
 from fgir.errors import ConfigError
 from fgir.fileio import atomic_write_text
 from fgir.methods import get_method, method_names
@@ -97,6 +97,12 @@ class DataConfig:
     fast_decode: bool = True
     augment: str = "weak"  # weak | medium | strong
     color_jitter: float = 0.0  # brightness, contrast, saturation and hue jitter in training (Animesion: 0.1)
+    # timm's RandAugment or AugMix policy string in training, after the crop and flip (e.g.
+    # rand-m9-mstd0.5-inc1, augmix-m5-w4-d2); in the medium and strong presets it replaces TrivialAugmentWide.
+    auto_augment: str | None = None
+    # Repeated augmentation (timm's RepeatAugSampler): each drawn image comes N times per epoch, each
+    # time augmented differently, with the epoch kept about the dataset's size; 1 or null: off.
+    repeated_aug: int | None = None
     # Test images: crop = resize to the train resize size, then centre-crop image_size (GLSim);
     # direct = resize straight to image_size (Animesion).
     test_resize: str = "crop"
@@ -558,6 +564,10 @@ def validate(config: Config) -> None:
         raise ConfigError(f"config key 'train.layer_decay' must be in (0, 1] or null, got {config.train.layer_decay}")
     if config.train.lr_base_batch is not None and config.train.lr_base_batch < 1:
         raise ConfigError(f"config key 'train.lr_base_batch' must be >= 1 or null, got {config.train.lr_base_batch}")
+    if config.data.repeated_aug is not None and config.data.repeated_aug < 1:
+        raise ConfigError(f"config key 'data.repeated_aug' must be >= 1 or null (1 and null: off), "
+                          f"got {config.data.repeated_aug}")
+    timm_policy(config.data.auto_augment)
     for key in NON_NEGATIVE:
         non_negative(key, _value(config, key))
     fraction("train.label_smoothing", config.train.label_smoothing)

@@ -118,16 +118,20 @@ def collate_readable(samples: list[tuple[Any, int] | UnreadableImage]) -> Batch:
 
 
 def _seeded_call(function: Callable[[Any], Any], argument: Any, seed: int) -> Any:
-    """`function(argument)` with torch's CPU and Python's random state seeded by `seed`; both
-    states are restored afterwards, so the caller's random streams are untouched."""
-    python_state = random.getstate()
+    """`function(argument)` with torch's CPU, Python's and NumPy's global random state (timm's
+    policies draw from the last two) seeded by `seed`; the states are restored afterwards, so the
+    caller's random streams are untouched."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(seed)  # not torch.manual_seed: that reseeds CUDA too
         random.seed(seed)
+        seed %= 2**64
+        np.random.seed([seed & 0xFFFFFFFF, seed >> 32])  # its integer seed takes 32 bits only
         try:
             return function(argument)
         finally:
             random.setstate(python_state)
+            np.random.set_state(numpy_state)
 
 
 def readable_form(data: DataConfig) -> DataConfig:

@@ -44,6 +44,19 @@ def sample_seeds(key: int, indices: np.ndarray) -> np.ndarray:
     return (x ^ (x >> _U64(31))) >> _U64(1)
 
 
+# timm's RepeatAugSampler rounds the samples of an epoch down to a multiple of this (selected_round).
+REPEAT_ROUND = 256
+
+
+def repeat_aug_share(num_samples: int, world_size: int) -> int:
+    """A rank's samples per epoch under repeated augmentation: timm's `RepeatAugSampler`
+    `num_selected_samples` with its defaults, the dataset's size rounded down to a multiple of 256
+    (when it has that many), split over the ranks."""
+    if num_samples >= REPEAT_ROUND:
+        return num_samples // REPEAT_ROUND * REPEAT_ROUND // world_size
+    return math.ceil(num_samples / world_size)
+
+
 class EpochSampler(Sampler[tuple[int, int]]):
     """Yields `(index, sample_seed)` for one rank's share of an epoch.
 
@@ -51,6 +64,12 @@ class EpochSampler(Sampler[tuple[int, int]]):
     With world_size W > 1 the epoch's order is dealt round-robin to the ranks. drop_last=False
     pads the order by wrapping to its start so every rank gets ceil(n / W) samples (a few samples
     then appear twice in the epoch, with the same seed); drop_last=True cuts it to floor(n / W) * W.
+    repeats=N > 1 is repeated augmentation (Hoffer et al., arXiv:1901.09335; DeiT, arXiv:2012.12877)
+    as timm's `RepeatAugSampler` deals it: each index of the order N times in a row, each copy with its
+    own seed (so its own augmentation), dealt round-robin (the copies of an index go to different
+    ranks when N >= W), and each rank keeps its first `repeat_aug_share` samples (drop_last does not
+    apply): an epoch keeps about n samples, about n / N distinct images. The indices are those of
+    timm's sampler whose epoch is this sampler's `epoch_key(seed, epoch)` (timm seeds by epoch alone).
     `set_epoch(epoch, skip=k)` leaves out this rank's first k samples of that epoch (a run resumed
     mid-epoch does not read again what it already trained on); `len` stays the whole epoch's share.
     """
@@ -64,17 +83,21 @@ class EpochSampler(Sampler[tuple[int, int]]):
         rank: int = 0,
         world_size: int = 1,
         drop_last: bool = False,
+        repeats: int = 1,
     ) -> None:
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+        if repeats < 1:
+            raise ValueError(f"repeats must be >= 1, got {repeats}")
         self.num_samples = num_samples
         self.seed = seed
         self.shuffle = shuffle
         self.rank = rank
         self.world_size = world_size
         self.drop_last = drop_last
+        self.repeats = repeats
         self.epoch = 0
         self.skip = 0
 
@@ -84,13 +107,17 @@ class EpochSampler(Sampler[tuple[int, int]]):
         self.epoch, self.skip = epoch, skip
 
     def _epoch_length(self) -> int:
-        """Samples in the epoch across all ranks, after padding or cutting."""
-        if self.drop_last:
-            return self.num_samples // self.world_size * self.world_size
-        return math.ceil(self.num_samples / self.world_size) * self.world_size
+        """Positions in the epoch's order across all ranks (copies included), after padding or cutting."""
+        total = self.num_samples * self.repeats
+        if self.drop_last and self.repeats == 1:
+            return total // self.world_size * self.world_size
+        return math.ceil(total / self.world_size) * self.world_size
 
     def __len__(self) -> int:
-        return self._epoch_length() // self.world_size
+        share = self._epoch_length() // self.world_size
+        if self.repeats == 1:
+            return share
+        return min(share, repeat_aug_share(self.num_samples, self.world_size))
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         key = epoch_key(self.seed, self.epoch)
@@ -99,9 +126,12 @@ class EpochSampler(Sampler[tuple[int, int]]):
             order = torch.randperm(self.num_samples, generator=generator).numpy()
         else:
             order = np.arange(self.num_samples)
-        order = np.resize(order, self._epoch_length())  # np.resize repeats from the start to pad
-        mine = order[self.rank :: self.world_size][self.skip :]
-        return zip(mine.tolist(), sample_seeds(key, mine).tolist(), strict=True)
+        # Each index `repeats` times in a row; a position past the end wraps to the start (padding).
+        positions = np.arange(self.rank, self._epoch_length(), self.world_size)[: len(self)][self.skip :]
+        positions %= self.num_samples * self.repeats
+        mine = order[positions // self.repeats]
+        copy = positions % self.repeats  # which of the index's copies: each has its own seed
+        return zip(mine.tolist(), sample_seeds(key, mine * self.repeats + copy).tolist(), strict=True)
 
 
 def ignore_stop_signals(worker_id: int) -> None:
@@ -165,19 +195,20 @@ def build_loader(
     rank: int = 0,
     world_size: int = 1,
     collate_fn: Callable[[list[Any]], Any] | None = None,
+    repeats: int = 1,
 ) -> DataLoader:
     """A DataLoader over an `EpochSampler`: shuffled and dropping the last partial batch when
     `train` (unless `drop_last` says otherwise). Call `loader.sampler.set_epoch(epoch)` before each
     epoch. num_workers=-1 picks `auto_num_workers`; workers persist across epochs. With several
     ranks every rank gets ceil(n / world_size) samples (padded by wrapping, see EpochSampler), or
     floor(n / world_size) with drop_last: then W ranks at batch B / W train on exactly the batches
-    one process at batch B would. A dataset that skips unreadable images (on_error="skip") is
+    one process at batch B would. repeats=N > 1: repeated augmentation (see EpochSampler). A dataset that skips unreadable images (on_error="skip") is
     collated by `collate_readable` unless `collate_fn` says otherwise."""
     drop_last = train if drop_last is None else drop_last
     if collate_fn is None and getattr(dataset, "on_error", "fail") == "skip":
         collate_fn = collate_readable
     sampler = EpochSampler(len(dataset), seed=seed, shuffle=train, rank=rank, world_size=world_size,
-                           drop_last=drop_last)
+                           drop_last=drop_last, repeats=repeats)
     workers = auto_num_workers(len(dataset)) if num_workers < 0 else num_workers
     return WorkerShutdownLoader(
         dataset,

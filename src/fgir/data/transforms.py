@@ -5,7 +5,9 @@ random crop, horizontal flip, optional colour jitter (Animesion); `medium` adds 
 and random erasing; `strong` adds a batch-level MixUp/CutMix whose soft targets the loss must use
 (the reference mixed the images but kept hard labels - a flaw not copied). Test: the same square
 resize, then a centre crop (`data.test_resize=crop`), or a resize straight to the image size
-(`direct`, as Animesion evaluates).
+(`direct`, as Animesion evaluates). `data.auto_augment` adds timm's RandAugment or AugMix
+(fgir.data.auto_augment) after the flip and before the colour jitter, as timm orders them, on a PIL
+image in both backends; in `medium` and `strong` it takes TrivialAugmentWide's place.
 `data.transform_backend` picks where the image steps run. `tensor` (default): the PIL image becomes
 a uint8 tensor first and resize, crop, flip and TrivialAugment run on it (colour jitter in PIL,
 where it is faster), then one fused step converts to float and normalises (`NormalizeUint8`).
@@ -25,6 +27,7 @@ from torch import nn
 from torchvision.transforms import InterpolationMode, v2
 
 from fgir.config import ConfigError, DataConfig
+from fgir.data.auto_augment import policy_transform
 
 AUGMENT_PRESETS = ("weak", "medium", "strong")
 TRANSFORM_BACKENDS = ("tensor", "pil")
@@ -88,18 +91,29 @@ def build_transform(data: DataConfig, train: bool) -> v2.Compose:
     if not train:
         return v2.Compose([*first, square_resize(test_resize_size(data), data.interpolation), v2.CenterCrop(data.image_size), *last])
     steps = [*first, square_resize(resize_size(data), data.interpolation), v2.RandomCrop(data.image_size), v2.RandomHorizontalFlip()]
-    if data.color_jitter > 0:
-        jitter = data.color_jitter
-        color_jitter = v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter, hue=jitter)
-        if data.transform_backend == "tensor":
-            # Its hue step is slower on a uint8 tensor (float HSV) than in Pillow, by more than a PIL
-            # round trip costs.
-            steps += [v2.ToPILImage(), color_jitter, v2.PILToTensor()]
-        else:
-            steps.append(color_jitter)
+    pil_steps = pil_colour_steps(data)
+    if pil_steps and data.transform_backend == "tensor":
+        # timm's policies run on PIL images only; colour jitter's hue step is slower on a uint8
+        # tensor (float HSV) than in Pillow, by more than a PIL round trip costs.
+        steps += [v2.ToPILImage(), *pil_steps, v2.PILToTensor()]
+    else:
+        steps += pil_steps
     if data.augment == "weak":
         return v2.Compose([*steps, *last])
-    return v2.Compose([*steps, v2.TrivialAugmentWide(), *last, v2.RandomErasing(p=data.random_erasing)])
+    policy = [] if data.auto_augment else [v2.TrivialAugmentWide()]
+    return v2.Compose([*steps, *policy, *last, v2.RandomErasing(p=data.random_erasing)])
+
+
+def pil_colour_steps(data: DataConfig) -> list[Callable]:
+    """The train steps that run on PIL images in both backends, in timm's order: the
+    `data.auto_augment` policy, then colour jitter."""
+    steps: list[Callable] = []
+    if data.auto_augment:
+        steps.append(policy_transform(data.auto_augment, data.mean, data.interpolation))
+    if data.color_jitter > 0:
+        jitter = data.color_jitter
+        steps.append(v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter, hue=jitter))
+    return steps
 
 
 def build_batch_mix(

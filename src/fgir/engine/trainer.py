@@ -334,7 +334,8 @@ def _train(config: Config, progress: bool, stop_after_epochs: int | None, device
     train_set = build_dataset(config.data, "train", build_transform(config.data, train=True))
     train_loader = build_loader(train_set, batch_size=per_process_batch(config.data.batch_size, ddp), train=True,
                                 seed=config.train.seed, num_workers=config.data.num_workers,
-                                pin_memory=device.type == "cuda", rank=ddp.rank, world_size=ddp.world_size)
+                                pin_memory=device.type == "cuda", rank=ddp.rank, world_size=ddp.world_size,
+                                repeats=config.data.repeated_aug or 1)
     val_loader = eval_loader(config, "val", device, ddp) if config.data.val else None
     batch_mix = build_batch_mix(config.data, num_classes)
     steps_per_epoch = math.ceil(len(train_loader) / config.train.grad_accum_steps)
