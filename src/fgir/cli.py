@@ -160,7 +160,8 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
     config = load_config(*_split_sources_and_overrides(args.items))
     result = sweep_lr(config, args.lrs or DEFAULT_LRS, sweep_name=args.name,
-                      train_val_split=args.train_val_split, progress=not args.no_progress)
+                      train_val_split=args.train_val_split, progress=not args.no_progress,
+                      splits=tuple(args.selection_splits) if args.selection_splits else None)
     print(f"best lr {result.best_lr:g}: test top-1 {result.test_metrics['top1']:.2f}%")
     print(f"summary: {result.sweep_dir / 'sweep.json'}")
 
@@ -405,6 +406,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lrs", type=float, nargs="+", help="learning rates (default: 0.3 0.1 0.03 0.01 0.003)")
     p.add_argument("--name", help="sweep folder under train.output_dir (default: dataset-method-sweep-time)")
     p.add_argument("--train-val-split", default="train_val.csv", help="the split the chosen lr is retrained on")
+    p.add_argument("--selection-splits", nargs=2, metavar=("TRAIN", "VAL"),
+                   help="the splits each lr trains and is scored on (default: data.train and data.val, or "
+                        "train.csv and val.csv for a recipe that trains on train_val)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_sweep, trailing="items")
 
