@@ -62,11 +62,17 @@ def _check(config: Config, lrs: list[float]) -> None:
         raise ConfigError(f"learning rates must be positive numbers, got {', '.join(map(str, bad))}")
     if len({_lr_name(lr) for lr in lrs}) != len(lrs):
         raise ConfigError(f"learning rates must differ: {', '.join(map(str, lrs))}")
+    check_repeatable(config, "a sweep", "the chosen lr's test top-1",
+                     "start the sweep again with the same train.run_name to skip the lrs already done")
+
+
+def check_repeatable(config: Config, who: str, reports: str, again: str) -> None:
+    """What a tool that trains several scored runs and finds its own runs again needs: a test split,
+    and no train.resume."""
     if not config.data.test:
-        raise ConfigError("a sweep reports the chosen lr's test top-1: set data.test")
+        raise ConfigError(f"{who} reports {reports}: set data.test")
     if config.train.resume:
-        raise ConfigError("train.resume does not apply to a sweep; start the sweep again with the same "
-                          "train.run_name to skip the lrs already done")
+        raise ConfigError(f"train.resume does not apply to {who}; {again}")
 
 
 def selection_splits(config: Config, splits: tuple[str, str] | None = None) -> tuple[str, str]:
