@@ -11,6 +11,7 @@ import torch
 from test_reference_schedule import fgir_lrs, reference_lrs
 from timm.layers import DropPath
 from torchvision import transforms as reference
+from torchvision.transforms import v2
 
 from conftest import photo
 from fgir.config import TrainConfig, load_config
@@ -106,3 +107,10 @@ def reference_test_pixels(name: str) -> torch.Tensor:
 def test_a_recipes_test_pixels_are_its_references(name):
     ours = build_transform(load_config(name).data, train=False)(photo())
     torch.testing.assert_close(ours, reference_test_pixels(name), rtol=0, atol=1e-6)
+
+
+def test_the_medium_recipes_erase_the_references_boxes():
+    # GLSim's medaugs: re 0.3; both references' RandomErasing(p=re, scale=(0.02, re_sh=0.4), ratio=(re_r1=0.3, 3.3)).
+    steps = build_transform(load_config("cub/glsim").data, train=True).transforms
+    (erasing,) = [step for step in steps if isinstance(step, v2.RandomErasing)]
+    assert (erasing.p, tuple(erasing.scale), tuple(erasing.ratio)) == (0.3, (0.02, 0.4), (0.3, 3.3))
