@@ -1,9 +1,11 @@
 """Shared fixtures: a tiny ViT and a tiny synthetic dataset so end-to-end tests run in seconds."""
 
+import numpy as np
 import pytest
 import safetensors.torch
 import timm
 import torch
+from PIL import Image
 
 from fgir.config import load_config
 from fgir.methods import method_names
@@ -16,6 +18,14 @@ TINY = dict(patch_size=8, embed_dim=32, depth=2, num_heads=2)
 def all_methods() -> list[str]:
     """Every method name `model.method` accepts; the tests that hold for every method run over these."""
     return method_names()
+
+
+def photo(width=317, height=211) -> Image.Image:
+    """Smooth gradients plus noise: bicubic and bilinear resampling give visibly different pixels."""
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:height, 0:width]
+    base = np.stack([x * 255 / width, y * 255 / height, (x + y) % 256], axis=-1)
+    return Image.fromarray(np.clip(base + rng.normal(0, 25, base.shape), 0, 255).astype(np.uint8))
 
 
 def tiny_backbone(**overrides) -> Backbone:

@@ -31,9 +31,38 @@ def _split_sources_and_overrides(items: list[str]) -> tuple[list[str], list[str]
     return sources, overrides
 
 
+def _split_seeds(values: list[str]) -> tuple[list[int], list[str]]:
+    """`--seeds 1 10 100 train.epochs=3`: the leading integers are the seeds, the rest joins the
+    recipe and overrides (argparse hands the whole tail to the option)."""
+    count = next((i for i, item in enumerate(values) if not item.lstrip("-").isdigit()), len(values))
+    if count == 0:
+        raise ConfigError(f"--seeds takes whole numbers, e.g. --seeds 1 10 100; got '{values[0]}'")
+    return [int(item) for item in values[:count]], values[count:]
+
+
+def cmd_train_seeds(args: argparse.Namespace) -> None:
+    from fgir.tools.model_card import write_model_card
+    from fgir.tools.seeds import train_seeds
+
+    if args.stop_after_epochs:
+        raise ConfigError("--stop-after-epochs does not apply to --seeds: stop the command and run it again "
+                          "to resume the seed that stopped")
+    seeds, rest = _split_seeds(args.seeds)
+    config = load_config(*_split_sources_and_overrides(args.items + rest))
+    result = train_seeds(config, seeds, progress=not args.no_progress)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    for run_dir in result.run_dirs:
+        write_model_card(run_dir)  # each card names its seed among the others, with their mean
+    print((result.seeds_dir / "seeds_summary.md").read_text(), end="")
+    print(f"summary:       {result.seeds_dir / 'seeds_summary.json'}")
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from fgir.engine.trainer import train
 
+    if args.seeds:
+        return cmd_train_seeds(args)
     sources, overrides = _split_sources_and_overrides(args.items)
     config = load_config(sources, overrides)
     if not sources and config.train.resume:
@@ -161,7 +190,8 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
     config = load_config(*_split_sources_and_overrides(args.items))
     result = sweep_lr(config, args.lrs or DEFAULT_LRS, sweep_name=args.name,
-                      train_val_split=args.train_val_split, progress=not args.no_progress)
+                      train_val_split=args.train_val_split, progress=not args.no_progress,
+                      splits=tuple(args.selection_splits) if args.selection_splits else None)
     print(f"best lr {result.best_lr:g}: test top-1 {result.test_metrics['top1']:.2f}%")
     print(f"summary: {result.sweep_dir / 'sweep.json'}")
 
@@ -320,6 +350,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs stay)")
     p.add_argument("--stop-after-epochs", type=positive_int, metavar="N",
                    help="end this call after N epochs (e.g. a job's time limit); continue later with train.resume=<run dir>")
+    p.add_argument("--seeds", nargs="+", metavar="SEED",
+                   help="one run per seed (e.g. 1 10 100, the papers' seeds) under train.output_dir/<train.run_name>/"
+                        "seed_N, then the mean +- std of their test metrics (seeds_summary.json, .md); run again "
+                        "to skip the seeds done and resume the one that stopped")
     p.set_defaults(func=cmd_train, trailing="items")
 
     p = verbs.add_parser("eval", help="score a checkpoint on a dataset split: metrics, predictions, confusion matrix")
@@ -423,6 +457,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lrs", type=float, nargs="+", help="learning rates (default: 0.3 0.1 0.03 0.01 0.003)")
     p.add_argument("--name", help="sweep folder under train.output_dir (default: dataset-method-sweep-time)")
     p.add_argument("--train-val-split", default="train_val.csv", help="the split the chosen lr is retrained on")
+    p.add_argument("--selection-splits", nargs=2, metavar=("TRAIN", "VAL"),
+                   help="the splits each lr trains and is scored on (default: data.train and data.val, or "
+                        "train.csv and val.csv for a recipe that trains on train_val)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_sweep, trailing="items")
 

@@ -1,22 +1,13 @@
 """data.interpolation=bicubic: the test pixels of the references' transform (torchvision's PIL
 pipeline: bicubic square resize, centre crop or direct resize, ToTensor, Normalize)."""
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from torchvision import transforms as reference
 
+from conftest import photo
 from fgir.config import DataConfig
 from fgir.data.transforms import build_transform, resize_size
-
-
-def photo(width=317, height=211) -> Image.Image:
-    """Smooth gradients plus noise: bicubic and bilinear resampling give visibly different pixels."""
-    rng = np.random.default_rng(0)
-    y, x = np.mgrid[0:height, 0:width]
-    base = np.stack([x * 255 / width, y * 255 / height, (x + y) % 256], axis=-1)
-    return Image.fromarray(np.clip(base + rng.normal(0, 25, base.shape), 0, 255).astype(np.uint8))
 
 
 def reference_test_transform(data: DataConfig):

@@ -66,6 +66,9 @@ def test_resize_size(data: DataConfig) -> int:
     return resize_size(data) if data.test_resize == "crop" else data.image_size
 
 
+# The erased box: 2% to 40% of the image, aspect 0.3 to 3.3, as both reference transforms draw it
+# (GLSim, arXiv 2407.12891; ILA, arXiv 2409.11051); torchvision's default area is at most 33%.
+ERASING = {"scale": (0.02, 0.4), "ratio": (0.3, 3.3)}
 INTERPOLATIONS = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC}
 
 
@@ -101,7 +104,7 @@ def build_transform(data: DataConfig, train: bool) -> v2.Compose:
     if data.augment == "weak":
         return v2.Compose([*steps, *last])
     policy = [] if data.auto_augment else [v2.TrivialAugmentWide()]
-    return v2.Compose([*steps, *policy, *last, v2.RandomErasing(p=data.random_erasing)])
+    return v2.Compose([*steps, *policy, *last, v2.RandomErasing(p=data.random_erasing, **ERASING)])
 
 
 def pil_colour_steps(data: DataConfig) -> list[Callable]:

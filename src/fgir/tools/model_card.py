@@ -24,7 +24,7 @@ from fgir.engine.checkpoint import (
 )
 from fgir.errors import FgirError
 from fgir.fileio import atomic_write_text
-from fgir.tools.results import result_rows
+from fgir.tools.results import SEEDS_SUMMARY, result_rows
 
 CARD = "README.md"
 METRIC_COLUMNS = (("top1", "top-1 %"), ("top5", "top-5 %"), ("mean_class_acc", "mean class acc. %"))
@@ -59,6 +59,7 @@ class RunSummary:
     scores: dict[str, dict[str, Any]]  # split -> metrics, from test_metrics.json
     trainable: dict[str, int] | None  # {"trainable": n, "total": n}
     backbone: BackboneIdentity | None  # set for an adapter-only checkpoint
+    seeds: dict[str, Any] | None = None  # seeds_summary.json of `fgir train --seeds`, when the run is one of them
 
 
 def read_run(run_dir: str | os.PathLike) -> RunSummary:
@@ -78,7 +79,15 @@ def read_run(run_dir: str | os.PathLike) -> RunSummary:
         scores={split: summary[split] for split in ("val", "test") if isinstance(summary.get(split), dict)},
         trainable=None if trainable is None else {key: trainable[key] for key in ("trainable", "total")},
         backbone=read_backbone_identity(checkpoint),
+        seeds=_seeds_summary(run_dir),
     )
+
+
+def _seeds_summary(run_dir: Path) -> dict[str, Any] | None:
+    summary = _json(run_dir.parent / f"{SEEDS_SUMMARY}.json")
+    if summary is None or run_dir.name not in summary.get("runs", []):
+        return None
+    return summary
 
 
 def _scored_checkpoint(run_dir: Path, summary: dict[str, Any]) -> Path:
@@ -110,7 +119,7 @@ def model_card(run: RunSummary, repo_id: str | None = None, backbone_file: str |
     lines = [_front_matter(run), f"# {config.train.run_name or run.run_dir.name}", "",
              f"{_method(model.method)}, trained with `fgir` on {data.name} ({run.class_count} classes) at "
              f"{data.image_size} px; backbone {_backbone(model)}, seed {config.train.seed}.", "", "## Results", ""]
-    lines += _scores_table(run) + _paper_line(run)
+    lines += _scores_table(run) + _paper_line(run) + _seeds_line(run)
     if run.trainable:
         share = 100 * run.trainable["trainable"] / max(run.trainable["total"], 1)
         lines += ["", f"Trainable parameters: {run.trainable['trainable']:,} of {run.trainable['total']:,} "
@@ -185,6 +194,15 @@ def _paper_line(run: RunSummary) -> list[str]:
     about = "about " if row.paper.approximate else ""
     return ["", f"Published: test top-1 {about}{row.paper.top1:.2f}% ({row.paper.source}); this run "
                 f"{row.difference:+.2f} points."]
+
+
+def _seeds_line(run: RunSummary) -> list[str]:
+    if run.seeds is None or "top1" not in run.seeds["test"]:
+        return []
+    top1, seeds = run.seeds["test"]["top1"], run.seeds["seeds"]
+    return ["", f"One of {len(seeds)} runs of this recipe with seeds {', '.join(map(str, seeds))} "
+                f"(`fgir train --seeds`): test top-1 {top1['mean']:.2f} +- {top1['std']:.2f} over them "
+                f"(`../{SEEDS_SUMMARY}.md`)."]
 
 
 def _percent(value: Any) -> str:

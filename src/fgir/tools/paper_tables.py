@@ -89,9 +89,10 @@ PAPER_RESULTS: list[PaperResult] = [
 ]
 
 
-def paper_result(dataset: str, method: str, backbone: str, image_size: int, setting: str) -> PaperResult | None:
-    """The published number for a run of this kind, or None when no table has one."""
-    for result in PAPER_RESULTS:
+def paper_result(dataset: str, method: str, backbone: str, image_size: int, setting: str,
+                 papers: list[PaperResult] = PAPER_RESULTS) -> PaperResult | None:
+    """The published number in `papers` for a run of this kind, or None when no table has one."""
+    for result in papers:
         if (result.dataset, result.method, result.image_size, result.setting) == (dataset, method, image_size, setting) \
                 and backbone.startswith(result.backbone):
             return result

@@ -17,6 +17,8 @@ from pathlib import Path
 from fgir.errors import FgirError
 from fgir.tools.paper_tables import PAPER_RESULTS, PaperResult, paper_result
 
+SEEDS_SUMMARY = "seeds_summary"  # seeds_summary.json / .md of `fgir train --seeds`, beside the seeds' runs
+
 
 @dataclass(frozen=True)
 class FinishedRun:
@@ -68,7 +70,8 @@ def read_run(run_dir: str | os.PathLike) -> FinishedRun:
                         "fgir results reads test_metrics.json and trainable_params.json") from None
 
 
-def result_rows(run_dirs: list[str | os.PathLike]) -> list[ResultRow]:
+def result_rows(run_dirs: list[str | os.PathLike], papers: list[PaperResult] = PAPER_RESULTS) -> list[ResultRow]:
+    """One row per kind of run (seeds pooled), beside its number in `papers`."""
     groups: dict[tuple, list[FinishedRun]] = {}
     for run_dir in run_dirs:
         result = read_run(run_dir)
@@ -82,7 +85,7 @@ def result_rows(run_dirs: list[str | os.PathLike]) -> list[ResultRow]:
             raise FgirError(f"two runs of {dataset} / {method} / {size} px with the same seed {twice[0]}: "
                             f"{', '.join(str(run.run) for run in runs if run.seed == twice[0])}")
         rows.append(ResultRow(dataset, method, backbone, size, setting, seeds, [run.top1 for run in runs],
-                              paper_result(dataset, method, backbone, size, setting)))
+                              paper_result(dataset, method, backbone, size, setting, papers)))
     return rows
 
 

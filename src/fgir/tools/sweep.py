@@ -8,6 +8,9 @@ split once. Every run is an ordinary trainer run under one sweep folder:
 
 A finished selection run leaves `trial.json` in its folder, so a sweep started again with the same
 name skips the lrs already done.
+
+A paper recipe trains on train_val with no validation split (data.val=null); its lr is then chosen
+on the papers' train.csv -> val.csv beside it, as the ILA reference's lr runs do.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from fgir.tools.plots import save_figure
 
 DEFAULT_LRS = (0.3, 0.1, 0.03, 0.01, 0.003)  # the paper's grid
 TRIAL_FILE = "trial.json"
+PAPER_SELECTION_SPLITS = ("train.csv", "val.csv")  # the per-class 80/20 split of train_val
 
 
 @dataclass
@@ -58,23 +62,36 @@ def _check(config: Config, lrs: list[float]) -> None:
         raise ConfigError(f"learning rates must be positive numbers, got {', '.join(map(str, bad))}")
     if len({_lr_name(lr) for lr in lrs}) != len(lrs):
         raise ConfigError(f"learning rates must differ: {', '.join(map(str, lrs))}")
-    if not config.data.val:
-        raise ConfigError("a sweep selects the lr on the validation split: set data.val")
+    check_repeatable(config, "a sweep", "the chosen lr's test top-1",
+                     "start the sweep again with the same train.run_name to skip the lrs already done")
+
+
+def check_repeatable(config: Config, who: str, reports: str, again: str) -> None:
+    """What a tool that trains several scored runs and finds its own runs again needs: a test split,
+    and no train.resume."""
     if not config.data.test:
-        raise ConfigError("a sweep reports the chosen lr's test top-1: set data.test")
+        raise ConfigError(f"{who} reports {reports}: set data.test")
     if config.train.resume:
-        raise ConfigError("train.resume does not apply to a sweep; start the sweep again with the same "
-                          "train.run_name to skip the lrs already done")
+        raise ConfigError(f"train.resume does not apply to {who}; {again}")
 
 
-def _selection_run(config: Config, lr: float, sweep_dir: Path, progress: bool) -> Trial:
+def selection_splits(config: Config, splits: tuple[str, str] | None = None) -> tuple[str, str]:
+    """The (train, val) splits the lr is chosen on: `splits` when given, else the config's own when it
+    has a validation split, else the papers' train.csv -> val.csv (a recipe that trains on train_val)."""
+    if splits is not None:
+        return splits
+    return (config.data.train, config.data.val) if config.data.val else PAPER_SELECTION_SPLITS
+
+
+def _selection_run(config: Config, lr: float, sweep_dir: Path, splits: tuple[str, str], progress: bool) -> Trial:
     run_dir = sweep_dir / _lr_name(lr)
     if (run_dir / TRIAL_FILE).is_file():
         trial = Trial(**json.loads((run_dir / TRIAL_FILE).read_text()))
         print(f"{_lr_name(lr)}: done before, val top-1 {trial.val_top1:.2f}%")
         return trial
     trial_config = apply_overrides(config, [f"train.lr={lr}", f"train.output_dir={sweep_dir}",
-                                            f"train.run_name={_lr_name(lr)}", "data.test=null"])
+                                            f"train.run_name={_lr_name(lr)}", "data.test=null",
+                                            f"data.train={splits[0]}", f"data.val={splits[1]}"])
     result: RunResult = train(trial_config, progress=progress)
     # The trainer always validates after the last epoch, so the best checkpoint has a val score.
     trial = Trial(lr=lr, val_top1=float(result.val_metrics["top1"]), run_dir=str(result.run_dir))
@@ -88,15 +105,18 @@ def best_trial(trials: list[Trial]) -> Trial:
 
 
 def sweep_lr(config: Config, lrs: list[float] | tuple[float, ...] = DEFAULT_LRS, sweep_name: str | None = None,
-             train_val_split: str = "train_val.csv", progress: bool = True) -> SweepResult:
-    """Run the sweep for `config` (its own lr is ignored) under `train.output_dir/<sweep_name>`; the
-    final run trains on `train_val_split` (same folder as data.train) without validation."""
+             train_val_split: str = "train_val.csv", progress: bool = True,
+             splits: tuple[str, str] | None = None) -> SweepResult:
+    """Run the sweep for `config` (its own lr is ignored) under `train.output_dir/<sweep_name>`: each lr
+    trains on the first of `selection_splits(config, splits)` and is scored on the second; the final
+    run trains on `train_val_split` (same folder as data.train) without validation."""
     lrs = [float(lr) for lr in lrs]
     _check(config, lrs)
+    chosen_on = selection_splits(config, splits)
     name = sweep_name or config.train.run_name or (
         f"{config.data.name}-{config.model.method}-sweep-{datetime.now():%Y%m%d-%H%M%S}")
     sweep_dir = Path(config.train.output_dir) / name
-    trials = [_selection_run(config, lr, sweep_dir, progress) for lr in lrs]
+    trials = [_selection_run(config, lr, sweep_dir, chosen_on, progress) for lr in lrs]
     best = best_trial(trials)
     print(f"chosen lr {best.lr:g} (val top-1 {best.val_top1:.2f}%); training on {train_val_split}")
     final_config = apply_overrides(config, [f"train.lr={best.lr}", f"data.train={train_val_split}", "data.val=null",
