@@ -94,6 +94,9 @@ CASES = {
     # The last block is replaced by the part-fusion block (and FFVT's final norm by its own): unused, frozen.
     "transfg": Case(freezes=lambda name: name.startswith("blocks.1.")),
     "ffvt": Case(freezes=lambda name: name.startswith(("blocks.1.", "norm."))),
+    # Logit scale 1, not CAL's 100: at 100 one step fits the batch and the loss underflows to 0.
+    "cal": Case(("model.cal.attention_maps=4", "model.cal.logit_scale=1")),
+    "cal_cnn": Case(("model.cal_cnn.attention_maps=4", "model.cal_cnn.logit_scale=1"), network=tiny_resnet),
 }
 
 

@@ -16,3 +16,4 @@ import fgir.models.mpncov  # mpncov
 import fgir.models.vqt  # vqt
 import fgir.models.transfg  # transfg
 import fgir.models.ffvt  # ffvt
+import fgir.models.cal  # cal, cal_cnn
