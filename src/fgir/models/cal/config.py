@@ -10,8 +10,6 @@ from fgir.config_fields import MethodSection
 from fgir.errors import ConfigError
 from fgir.models.freezable import FreezableConfig
 
-# crops_flip: the reference's test (raw + 3 attention crops, each on the image and its mirror);
-# single_crop: raw + one attention crop; raw: the raw image's logits only (one encoder pass).
 TEST_TIMES = ("crops_flip", "single_crop", "raw")
 
 
@@ -29,11 +27,16 @@ class CALConfig(MethodSection):
     logit_scale: float = 100.0  # the classifier reads the pooled (unit-norm) features times this
     beta: float = 0.05  # step of the class feature centres towards each batch's features
     centre_weight: float = 1.0  # weight of the centre loss on the pooled features
-    # Training: per image, a fraction drawn in [low, high] of the chosen map's maximum thresholds it.
+    # [low, high]: per training image a fraction drawn in it, times the chosen map's maximum,
+    # thresholds the crop (pixels at or above it are kept) ...
     crop_theta: list[float] = field(default_factory=lambda: [0.4, 0.6])
+    # ... and the drop (pixels at or above it are zeroed)
     drop_theta: list[float] = field(default_factory=lambda: [0.2, 0.5])
     crop_padding: float = 0.1  # the training crop box grows by this fraction of the image side
-    test_time: str = "crops_flip"  # what eval/predict return (see TEST_TIMES)
+    # What eval and predict return. crops_flip: the reference's test, raw logits and those of 3
+    # attention crops averaged on the image and on its mirror (8 encoder passes); single_crop: raw +
+    # 1 crop (2 passes); raw: the raw image's logits (1 pass).
+    test_time: str = "crops_flip"
 
     def __post_init__(self) -> None:
         super().__post_init__()
