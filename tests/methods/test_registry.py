@@ -26,7 +26,7 @@ from fgir.methods import build_model, get_method, method_names, register_method
 from fgir.models.classifier import ViTClassifier
 
 BUILT_IN = ["vit", "glsim", "vit_ifa", "linear", "adapter", "convpass", "ila", "ila_plus", "ila_pp",
-            "vpt_shallow", "vpt_deep", "lora", "bitfit", "cnn", "mpncov", "vqt", "transfg", "ffvt"]
+            "vpt_shallow", "vpt_deep", "lora", "bitfit", "cnn", "mpncov", "vqt", "transfg", "ffvt", "cal", "cal_cnn"]
 
 
 @pytest.fixture
@@ -46,7 +46,7 @@ def one_error_line(capsys, verb: str) -> str:
 def test_every_built_in_method_is_registered_once_in_its_own_module():
     assert sorted(method_names()) == sorted(BUILT_IN)
     modules = {get_method(name).build.__module__ for name in BUILT_IN}
-    assert "fgir.methods" not in modules and len(modules) == 14  # e.g. ila, ila_plus, ila_pp share fgir.models.ila
+    assert "fgir.methods" not in modules and len(modules) == 15  # e.g. ila, ila_plus, ila_pp share fgir.models.ila
 
 
 def test_a_registered_method_builds_and_a_name_is_taken_once(registry):
@@ -68,7 +68,7 @@ def test_a_registered_method_builds_and_a_name_is_taken_once(registry):
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("model.method=glsm", "unknown method model.method='glsm' (known: adapter, bitfit, cnn, convpass, ffvt, glsim, "),
+        ("model.method=glsm", "unknown method model.method='glsm' (known: adapter, bitfit, cal, cal_cnn, cnn, convpass, ffvt, glsim, "),
         ("model.backbone=vit_nonexistent", "config key 'model.backbone': unknown timm model 'vit_nonexistent'"),
         ("model.backbone=vit_tiny_patch16_224.in99k", "config key 'model.backbone': timm has no tag 'in99k'"),
     ],

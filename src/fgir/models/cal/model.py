@@ -39,7 +39,8 @@ class CounterfactualAttention(nn.Module):
         self.head = CounterfactualHead(channels, config.attention_maps, num_classes, config.logit_scale,
                                        zero_init_head)
         # A buffer, so checkpoints and resumed runs keep the centres (the reference keeps them on
-        # the side, lost between runs).
+        # the side, lost between runs). Under DDP, buffers are broadcast from rank 0 at each forward:
+        # every process uses rank 0's centres (the reference keeps one set per process).
         self.register_buffer("centres", torch.zeros(num_classes, config.attention_maps * channels))
         self._last: TrainingPass | None = None
 
