@@ -249,3 +249,41 @@ def test_training_with_the_cal_loss_classifies_new_tinted_images_above_chance():
     with torch.no_grad():
         accuracy = (model.eval()(test_images).argmax(1) == test_labels).float().mean().item()
     assert accuracy >= 0.8  # chance is 1/3
+
+
+def test_the_vit_runs_without_its_cls_token_and_its_patch_tokens_form_the_row_major_grid():
+    backbone = tiny_backbone()
+    vit = backbone.vit
+    patch_positions = vit.pos_embed[:, 1:].clone()
+    model = build_cal(backbone, CLASSES, model_config("cal", cal=CALViTConfig(attention_maps=4))).eval()
+    x = images(2)
+    with torch.no_grad():
+        tokens = vit.patch_embed(x) + patch_positions
+        for block in vit.blocks:
+            tokens = block(tokens)
+        tokens = vit.norm(tokens)  # (2, 16, 32): patches only
+        grid = model.feature_maps(x)
+    assert grid.shape == (2, 32, 4, 4)
+    torch.testing.assert_close(grid[:, :, 1, 2], tokens[:, 1 * 4 + 2])
+    torch.testing.assert_close(grid.flatten(2).transpose(1, 2), tokens)
+
+
+def test_the_second_training_pass_sees_the_attention_crops_then_the_attention_drops(monkeypatch):
+    model = tiny_cal().train()
+    x = images()
+    seen = []
+    real = model.feature_maps
+    monkeypatch.setattr(model, "feature_maps", lambda batch: seen.append(batch) or real(batch))
+    torch.manual_seed(7)
+    model(x)
+    # The same draws by hand, in the forward's order: random maps, two maps per image, thresholds.
+    torch.manual_seed(7)
+    attention = model.head.attention(real(x))
+    torch.empty_like(attention).uniform_(0, 2)
+    maps = pick_two_maps(attention)
+    crop_fraction, drop_fraction = 0.4 + 0.2 * torch.rand(4), 0.2 + 0.3 * torch.rand(4)
+    assert (0.4 <= crop_fraction).all() and (crop_fraction < 0.6).all()
+    expected = torch.cat([attention_crop(x, maps[:, :1], crop_fraction, 0.1),
+                          attention_drop(x, maps[:, 1:], drop_fraction)])
+    assert len(seen) == 2 and torch.equal(seen[0], x)
+    torch.testing.assert_close(seen[1], expected)
