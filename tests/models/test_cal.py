@@ -2,12 +2,16 @@
 counterfactual branch, the centre loss, crop and drop, the loss, the test-time procedure, what
 trains, and the parameter count of the ViT-B/16 and ResNet-101 models the papers' tables ran."""
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from conftest import tinted_batch, tiny_backbone
 from fgir.config import model_config
+from fgir.engine.checkpoint import restore_model
+from fgir.engine.trainer import train
 from fgir.errors import ConfigError
 from fgir.methods import build_model
 from fgir.models.cal import CALConfig, CALViTConfig, build_cal
@@ -287,3 +291,13 @@ def test_the_second_training_pass_sees_the_attention_crops_then_the_attention_dr
                           attention_drop(x, maps[:, 1:], drop_fraction)])
     assert len(seen) == 2 and torch.equal(seen[0], x)
     torch.testing.assert_close(seen[1], expected)
+
+
+def test_the_trainer_runs_cal_under_bf16_and_its_checkpoint_keeps_the_stepped_centres(tiny_config):
+    config = tiny_config("model.method=cal", "model.cal.attention_maps=4", "model.cal.frozen=false",
+                         "train.precision=bf16", "train.epochs=1", "train.run_name=cal")
+    result = train(config, progress=False)
+    assert result.test_metrics["num_samples"] == 9
+    model, _ = restore_model(Path(config.train.output_dir) / "cal" / "checkpoints" / "last.safetensors")
+    # The centres move only in extra_loss: the trainer asked for it, and they were saved.
+    assert model.centres.shape == (3, 4 * 32) and model.centres.abs().sum(1).gt(0).all()
