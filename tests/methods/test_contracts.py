@@ -99,6 +99,9 @@ CASES = {
     "ffvt": Case(freezes=lambda name: name.startswith(("blocks.1.", "norm."))),
     "ramstrans": Case(("model.ramstrans.top_k=4",)),
     "simtrans": Case(("model.simtrans.levels=2",), freezes=lambda name: name.startswith("blocks.1.")),
+    # Logit scale 1, not CAL's 100: at 100 one step fits the batch and the loss underflows to 0.
+    "cal": Case(("model.cal.attention_maps=4", "model.cal.logit_scale=1")),
+    "cal_cnn": Case(("model.cal_cnn.attention_maps=4", "model.cal_cnn.logit_scale=1"), network=tiny_resnet),
 }
 
 

@@ -80,7 +80,7 @@ def test_a_registered_method_builds_and_a_name_is_taken_once(registry):
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("model.method=glsm", "unknown method model.method='glsm' (known: adapter, bitfit, cnn, convpass, ffvt, glsim, "),
+        ("model.method=glsm", "unknown method model.method='glsm' (known: adapter, bitfit, cal, cal_cnn, cnn, convpass, ffvt, glsim, "),
         ("model.backbone=vit_nonexistent", "config key 'model.backbone': unknown timm model 'vit_nonexistent'"),
         ("model.backbone=vit_tiny_patch16_224.in99k", "config key 'model.backbone': timm has no tag 'in99k'"),
     ],

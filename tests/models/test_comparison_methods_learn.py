@@ -17,6 +17,9 @@ SETTINGS = [
     ("ffvt", {"frozen": True, "tokens_per_layer": 4}), ("ffvt", {"frozen": False, "tokens_per_layer": 4}),
     ("ramstrans", {"frozen": True, "top_k": 4}), ("ramstrans", {"frozen": False, "top_k": 4}),
     ("simtrans", {"frozen": True, "head_width": 16}), ("simtrans", {"frozen": False, "head_width": 16, "contrastive_weight": 1.0}),
+    # CAL with logit scale 1: at its 100 these steps (lr 0.05) overshoot on six images.
+    ("cal", {"attention_maps": 4, "logit_scale": 1, "frozen": True}),
+    ("cal", {"attention_maps": 4, "logit_scale": 1, "frozen": False}),
 ]
 
 

@@ -18,3 +18,4 @@ import fgir.models.transfg  # transfg
 import fgir.models.ffvt  # ffvt
 import fgir.models.ramstrans  # ramstrans
 import fgir.models.simtrans  # simtrans
+import fgir.models.cal  # cal, cal_cnn
