@@ -31,6 +31,7 @@ from fgir.methods import build_backbone, build_model, get_method
 from fgir.methods.capabilities import HasFrozenBackbone
 from fgir.models.backbone import Backbone
 from fgir.models.layers.attention_capture import recorded_attention
+from fgir.models.part_fusion import PartFusionClassifier
 from fgir.models.peft.freezing import FrozenBackboneConfig
 from fgir.tools.attention import last_layer_map, model_attention, rollout_map
 from fgir.tools.explain import explanation_panels
@@ -391,7 +392,7 @@ def recorded_first_pass(model: nn.Module, backbone: Backbone, images: torch.Tens
     """The attention of the model's first pass through the blocks, recorded from timm's attention
     path while the model runs. TransFG and FFVT run blocks 0..L-2 themselves (to keep the scores);
     for them the blocks are re-run here through timm's path on the model's own tokens."""
-    if hasattr(model, "encode"):
+    if isinstance(model, PartFusionClassifier):
         tokens = backbone.embed(images)
         maps = []
         for block in backbone.blocks[:-1]:
