@@ -67,6 +67,8 @@ class GLSimOutput:
 
 
 class GLSim(nn.Module):
+    method = "glsim"
+
     def __init__(
         self, backbone: Backbone, num_classes: int, config: GLSimConfig, zero_init_head: bool = True,
         aggregator_drop_path: float = 0.0,
