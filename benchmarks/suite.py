@@ -11,7 +11,7 @@ Parts (each writes its own table; results.json, results.md and plots go to --out
   pipeline  decode + training augmentation per core: naive (full decode, PIL augmentation) vs full
             decode, draft decode and the `fgir data cache` copy with tensor augmentation, against
             ViT-S/16's training step; with --photos DIR, also on your own JPEGs (first --photos-limit)
-  models    every registered method on one backbone: FLOPs, inference and training throughput,
+  models    every registered method on one backbone: FLOPs (and GMACs, the papers' "FLOPs"), inference and training throughput,
             batch-1 latency, peak memory, fraction of the matmul-peak bound, time vs the plain ViT
   growth    cost growth with image size: GLS selection vs attention-rollout selection vs the encoder
   eval      how long a test-split evaluation waits on its data loader (fraction of wall time)
@@ -240,7 +240,7 @@ def model_rows(backbone: str, image_sizes: list[int], methods: list[str], batch_
                 rows.append({"method": method, "image_size": image_size, "error": str(error)})
                 continue
             row = {"method": method, **{k: report[k] for k in (
-                "image_size", "params_total", "params_trainable", "gflops_per_image", "infer_img_per_s",
+                "image_size", "params_total", "params_trainable", "gflops_per_image", "gmacs_per_image", "infer_img_per_s",
                 "latency_ms_batch1", "train_img_per_s", "peak_memory_mb")}}
             if peak_gflops:
                 row["infer_peak_fraction"] = report["gflops_per_image"] * report["infer_img_per_s"] / peak_gflops

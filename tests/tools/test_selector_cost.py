@@ -138,7 +138,7 @@ def test_timing_runs_every_selector_on_inputs_of_its_shapes():
         tokens = 20  # enough tokens for the top-12 of MAWS
         ms = selector_cost.time_selector(name, tokens, HEADS, selector.layers_read(4), 16, batch=2, warmup=0, iters=1)
         assert math.isfinite(ms) and ms > 0, name
-    assert selector_cost.input_bytes("psm", 10, 2, 3, 16, batch=2) == 4 * 2 * 3 * 2 * 10 * 10
+    assert selector_cost.input_bytes("psm", 10, 2, 16, batch=2) == 4 * 2 * 2 * 10 * 10
 
 
 def test_paper_cost_table_counts_at_224():

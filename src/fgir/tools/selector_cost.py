@@ -90,12 +90,12 @@ class Selector:
 
 def _softmax_maps(batch: int, tokens: int, heads: int, layers: int, dim: int,
                   generator: torch.Generator) -> tuple[list[torch.Tensor]]:
-    return ([torch.randn(batch, heads, tokens, tokens, generator=generator).softmax(dim=-1) for _ in range(layers)],)
+    return ([torch.randn(batch, heads, tokens, tokens, generator=generator).softmax(dim=-1)] * layers,)
 
 
 def _scores(batch: int, tokens: int, heads: int, layers: int, dim: int,
             generator: torch.Generator) -> tuple[list[torch.Tensor]]:
-    return ([torch.randn(batch, heads, tokens, tokens, generator=generator) for _ in range(layers)],)
+    return ([torch.randn(batch, heads, tokens, tokens, generator=generator)] * layers,)
 
 
 def _tokens(batch: int, tokens: int, heads: int, layers: int, dim: int,
@@ -120,18 +120,21 @@ SELECTORS = {
 METHOD_SELECTORS = {"transfg": "psm", "ffvt": "maws", "glsim": "gls", "ramstrans": "rollout"}
 
 
-def input_bytes(name: str, tokens: int, heads: int, layers: int, dim: int, batch: int = 1) -> int:
-    """Memory the random float32 inputs of a selector take (the maps dominate)."""
+def input_bytes(name: str, tokens: int, heads: int, dim: int, batch: int = 1) -> int:
+    """Memory of the random float32 inputs `time_selector` makes: the tokens, or one map (B, H, T, T)
+    that stands for every layer's."""
     if name == "gls":
         return 4 * batch * tokens * dim
-    return 4 * batch * layers * heads * tokens * tokens
+    return 4 * batch * heads * tokens * tokens
 
 
 @torch.inference_mode()
 def time_selector(name: str, tokens: int, heads: int, layers: int, dim: int, batch: int = 1, warmup: int = 1,
                   iters: int = 3, seed: int = 0, device: torch.device | None = None) -> float:
     """Median milliseconds of one call of the selector on random inputs (softmax maps for psm and
-    rollout, scores before the softmax for maws, tokens for gls), on `device` (the CPU by default)."""
+    rollout, scores before the softmax for maws, tokens for gls), on `device` (the CPU by default).
+    One random map is given for every layer: the selectors' work does not depend on the values, and
+    memory stays that of one map."""
     selector = SELECTORS[name]
     device = device or torch.device("cpu")
     inputs = selector.make_inputs(batch, tokens, heads, layers, dim, torch.Generator().manual_seed(seed))
