@@ -67,8 +67,6 @@ class GLSimOutput:
 
 
 class GLSim(nn.Module):
-    method = "glsim"
-
     def __init__(
         self, backbone: Backbone, num_classes: int, config: GLSimConfig, zero_init_head: bool = True,
         aggregator_drop_path: float = 0.0,
@@ -96,6 +94,12 @@ class GLSim(nn.Module):
         """The GLS scores, the box around the top-O patches and its crop (arXiv 2407.12891, Fig. 1)."""
         output = self.forward_details(images)
         return Explanation(output.logits, output.scores, output.boxes, output.crops, selected=self.config.top_o)
+
+    def selector_shape(self) -> tuple[str, int, int, int, int]:
+        """GLS compares the last layer's CLS with every patch: ("gls", tokens, heads, 1, width)."""
+        grid = self.backbone.grid_size
+        return ("gls", grid[0] * grid[1] + self.backbone.num_prefix_tokens, self.backbone.blocks[0].attn.num_heads,
+                1, self.backbone.embed_dim)
 
     def selection_flops(self, image_size: tuple[int, int]) -> int:
         """FLOPs of the selection step for one image (`fgir.models.gls.selection_flops`)."""

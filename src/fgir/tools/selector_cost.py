@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
+from fgir.methods.capabilities import SelectsTokens
 from fgir.models.ffvt import maws_scores
 from fgir.models.gls import gls_score_flops, gls_scores
 from fgir.models.layers.attention_rollout import attention_rollout
@@ -117,7 +118,6 @@ SELECTORS = {
     "maws": Selector("maws", maws_flops, lambda depth: depth - 1, _scores, _run_maws),
     "gls": Selector("gls", gls_flops, lambda depth: 1, _tokens, _run_gls),
 }
-METHOD_SELECTORS = {"transfg": "psm", "ffvt": "maws", "glsim": "gls", "ramstrans": "rollout"}
 
 
 def input_bytes(name: str, tokens: int, heads: int, dim: int, batch: int = 1) -> int:
@@ -142,26 +142,12 @@ def time_selector(name: str, tokens: int, heads: int, layers: int, dim: int, bat
     return median_ms(lambda: selector.run(*inputs), warmup, iters, device)
 
 
-def model_selector_shape(model: torch.nn.Module) -> tuple[str, int, int, int, int] | None:
-    """(selector, tokens, heads, layers, dim) of a model whose method selects with one of SELECTORS,
-    at the image size its backbone was built for; None for other models."""
-    name = METHOD_SELECTORS.get(getattr(model, "method", ""))
-    backbone = getattr(model, "backbone", None)
-    if name is None or backbone is None:
-        return None
-    grid = backbone.grid_size
-    tokens = grid[0] * grid[1] + backbone.num_prefix_tokens
-    heads = backbone.blocks[0].attn.num_heads
-    return name, tokens, heads, SELECTORS[name].layers_read(backbone.num_blocks), backbone.embed_dim
-
-
 def selector_report(model: torch.nn.Module, warmup: int, iters: int, device: torch.device | None = None) -> dict | None:
     """What `fgir bench` reports of a model's selector: its FLOPs per image by formula and the median
     time of one call on random inputs of the model's shapes for one image; None without a selector."""
-    shape = model_selector_shape(model)
-    if shape is None:
+    if not isinstance(model, SelectsTokens):
         return None
-    name, tokens, heads, layers, dim = shape
+    name, tokens, heads, layers, dim = model.selector_shape()
     return {
         "selector": name, "tokens": tokens, "heads": heads, "layers": layers, "dim": dim,
         "selector_gflops_per_image": SELECTORS[name].flops(tokens, heads, layers, dim) / 1e9,
