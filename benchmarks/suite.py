@@ -52,6 +52,7 @@ from fgir.models.gls import crop_and_resize, gls_scores, selection_flops
 from fgir.tools.attention import attention_rollout
 from fgir.tools.bench import benchmark, device_name, synchronize
 from fgir.tools.plots import save_figure
+from fgir.tools.selector_cost import rollout_flops
 
 # Typical image sizes of the dataset families (width, height).
 IMAGE_FAMILIES = {"anime crop (DAF:re faces)": (256, 256), "CUB-like photo": (500, 375),
@@ -292,8 +293,9 @@ def growth_row(backbone_name: str, size: int, quick: bool) -> dict:
         # Rollout re-runs the encoder to record the maps; its own cost is the rest.
         "rollout_ms": 1e3 * rollout_s, "rollout_extra_ms": 1e3 * max(rollout_s - encoder_s, 0.0),
         "gls_gflops": selection_flops(num_patches, dim, "cosine", (size, size)) / 1e9,
-        # L - 1 products of T x T matrices (2 T^3 FLOPs each): grows like L * N^3.
-        "rollout_gflops": (backbone.num_blocks - 1) * 2 * tokens_count**3 / 1e9,
+        # L - 1 products of T x T matrices (2 T^3 FLOPs each) and the per-layer renormalisation: grows like L * N^3.
+        "rollout_gflops": rollout_flops(tokens_count, backbone.blocks[0].attn.num_heads, backbone.num_blocks,
+                                        dim) / 1e9,
     }
 
 
