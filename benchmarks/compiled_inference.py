@@ -48,7 +48,8 @@ def main() -> None:
     compile_model(compiled, frozen_weights=True)
     with torch.inference_mode():
         difference = (compiled(images) - eager(images)).abs().max().item()
-    print(f"{args.method} {args.backbone} at {args.image_size}, batch {args.batch_size}, {gflops:.2f} GFLOPs/img; "
+    print(f"{args.method} {args.backbone} at {args.image_size}, batch {args.batch_size}, {gflops:.2f} GFLOPs/img "
+          f"({gflops / 2:.2f} GMACs); "
           f"compile + first batch {time.perf_counter() - start:.0f} s; max |compiled - eager| logit difference "
           f"{difference:.2e}")
     models = {"eager": eager, "compiled": compiled}

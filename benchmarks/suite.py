@@ -11,7 +11,7 @@ Parts (each writes its own table; results.json, results.md and plots go to --out
   pipeline  decode + training augmentation per core: naive (full decode, PIL augmentation) vs full
             decode, draft decode and the `fgir data cache` copy with tensor augmentation, against
             ViT-S/16's training step; with --photos DIR, also on your own JPEGs (first --photos-limit)
-  models    every registered method on one backbone: FLOPs, inference and training throughput,
+  models    every registered method on one backbone: FLOPs (and GMACs, the papers' "FLOPs"), inference and training throughput,
             batch-1 latency, peak memory, fraction of the matmul-peak bound, time vs the plain ViT
   growth    cost growth with image size: GLS selection vs attention-rollout selection vs the encoder
   eval      how long a test-split evaluation waits on its data loader (fraction of wall time)
@@ -52,6 +52,7 @@ from fgir.models.gls import crop_and_resize, gls_scores, selection_flops
 from fgir.tools.attention import attention_rollout
 from fgir.tools.bench import benchmark, device_name, synchronize
 from fgir.tools.plots import save_figure
+from fgir.tools.selector_cost import rollout_flops
 
 # Typical image sizes of the dataset families (width, height).
 IMAGE_FAMILIES = {"anime crop (DAF:re faces)": (256, 256), "CUB-like photo": (500, 375),
@@ -240,7 +241,7 @@ def model_rows(backbone: str, image_sizes: list[int], methods: list[str], batch_
                 rows.append({"method": method, "image_size": image_size, "error": str(error)})
                 continue
             row = {"method": method, **{k: report[k] for k in (
-                "image_size", "params_total", "params_trainable", "gflops_per_image", "infer_img_per_s",
+                "image_size", "params_total", "params_trainable", "gflops_per_image", "gmacs_per_image", "infer_img_per_s",
                 "latency_ms_batch1", "train_img_per_s", "peak_memory_mb")}}
             if peak_gflops:
                 row["infer_peak_fraction"] = report["gflops_per_image"] * report["infer_img_per_s"] / peak_gflops
@@ -292,8 +293,9 @@ def growth_row(backbone_name: str, size: int, quick: bool) -> dict:
         # Rollout re-runs the encoder to record the maps; its own cost is the rest.
         "rollout_ms": 1e3 * rollout_s, "rollout_extra_ms": 1e3 * max(rollout_s - encoder_s, 0.0),
         "gls_gflops": selection_flops(num_patches, dim, "cosine", (size, size)) / 1e9,
-        # L - 1 products of T x T matrices (2 T^3 FLOPs each): grows like L * N^3.
-        "rollout_gflops": (backbone.num_blocks - 1) * 2 * tokens_count**3 / 1e9,
+        # L - 1 products of T x T matrices (2 T^3 FLOPs each) and the per-layer renormalisation: grows like L * N^3.
+        "rollout_gflops": rollout_flops(tokens_count, backbone.blocks[0].attn.num_heads, backbone.num_blocks,
+                                        dim) / 1e9,
     }
 
 

@@ -2,6 +2,8 @@ import csv
 import json
 import shutil
 
+import pytest
+
 from conftest import tiny_overrides
 from fgir.cli import main
 
@@ -111,6 +113,7 @@ def test_tradeoff_plot_of_finished_runs(tmp_path, capsys):
     assert trainable["linear"] < trainable["vit"]
     # Same backbone, same forward pass: a linear probe costs what full fine-tuning costs per image.
     assert rows["linear"]["gflops_per_image"] == rows["vit"]["gflops_per_image"]
+    assert float(rows["vit"]["gmacs_per_image"]) == pytest.approx(float(rows["vit"]["gflops_per_image"]) / 2)
     assert (tmp_path / "tradeoff.png").is_file()
     assert main(["analyze", "tradeoff", str(tmp_path)]) == 2
     assert "not a finished run" in capsys.readouterr().err

@@ -209,7 +209,8 @@ def cmd_analyze_tradeoff(args: argparse.Namespace) -> None:
 
     costs, path = tradeoff_plot(args.runs, args.out)
     for cost in costs:
-        print(f"{cost.run}: {cost.method}, top-1 {cost.test_top1:.2f}%, {cost.gflops_per_image:.2f} GFLOPs, "
+        print(f"{cost.run}: {cost.method}, top-1 {cost.test_top1:.2f}%, {cost.gflops_per_image:.2f} GFLOPs "
+              f"({cost.gmacs_per_image:.2f} GMACs), "
               f"{cost.trainable_params:,} trainable")
     print(path)
 

@@ -325,9 +325,10 @@ def test_vit_b16_parameter_counts_match_paper():
 
 
 def test_selection_flops_by_hand():
-    # 4 patches of width 2: cosine = 4 dot products + 4 patch norms + 1 global norm, 2 FLOPs per
-    # element: 2 * 2 * 9 = 36; a 2x2 RGB crop resize: 8 * 3 * 4 = 96.
-    assert selection_flops(4, 2, "cosine", (2, 2)) == 36 + 96
+    # 4 patches of width 2: cosine = per patch a dot product and a squared norm (2 + 1 each), a root,
+    # a multiply and a divide (9), plus the global squared norm and its root (4): 40; a 2x2 RGB
+    # crop resize: 8 * 3 * 4 = 96.
+    assert selection_flops(4, 2, "cosine", (2, 2)) == 40 + 96
     assert selection_flops(4, 2, "l2", (2, 2)) == 3 * 4 * 2 + 96
     with pytest.raises(ValueError, match="unknown GLS similarity 'dot'"):
         selection_flops(4, 2, "dot", (2, 2))

@@ -8,9 +8,11 @@ from conftest import AotEagerCompiler
 from fgir.config import Config, ConfigError, DataConfig, ModelConfig, model_config
 from fgir.engine.checkpoint import save_checkpoint
 from fgir.methods import build_model
+from fgir.models.ffvt import FFVTConfig
 from fgir.models.gls import selection_flops
 from fgir.models.peft.vpt import VPTConfig
 from fgir.tools.bench import benchmark, benchmark_target, count_flops
+from fgir.tools.selector_cost import SELECTORS
 
 PATCH, DIM, DEPTH, HEADS, IMAGE, CLASSES = 8, 32, 2, 2, 32, 5
 TINY = ModelConfig(method="vit", backbone="vit_tiny_patch16_224", pretrained=False,
@@ -43,6 +45,7 @@ def test_flops_match_an_analytic_count_of_the_matmuls():
     assert flops == pytest.approx(analytic_vit_flops(), rel=0.02)
     report = benchmark(tiny_model(), image_size=IMAGE, **QUICK)
     assert report["gflops_per_image"] * 1e9 == pytest.approx(flops)
+    assert report["gmacs_per_image"] == pytest.approx(report["gflops_per_image"] / 2)
 
 
 def test_parameter_counts_and_frozen_backbone():
@@ -119,6 +122,26 @@ def test_glsim_report_breaks_out_the_selection_step():
                                                                             (IMAGE, IMAGE))
     assert 0 < selection["selection_time_share"] == pytest.approx(selection["selection_ms"] / selection["encoder_pass_ms"])
     assert "glsim_selection" not in benchmark(tiny_model(), image_size=IMAGE, **QUICK)
+    assert report["selector"]["selector"] == "gls"
+
+
+@pytest.mark.parametrize(("method", "selector"), [("transfg", "psm"), ("ffvt", "maws")])
+def test_report_of_a_selecting_method_counts_and_times_its_selector(method, selector):
+    backbone_args = {**TINY.backbone_args, "depth": 3}  # both select in blocks 0..L-2: two maps
+    config = model_config(**{**TINY.__dict__, "method": method, "backbone_args": backbone_args})
+    if method == "ffvt":
+        config = model_config(**{**config.__dict__, "ffvt": FFVTConfig(tokens_per_layer=2)})
+    torch.manual_seed(0)
+    report = benchmark(build_model(config, CLASSES, IMAGE, pretrained=False), image_size=IMAGE, **QUICK)
+    cost = report["selector"]
+    tokens = (IMAGE // PATCH) ** 2 + 1
+    assert (cost["selector"], cost["tokens"], cost["heads"], cost["layers"], cost["dim"]) == (
+        selector, tokens, HEADS, 2, DIM)
+    assert cost["selector_gflops_per_image"] * 1e9 == SELECTORS[selector].flops(tokens, HEADS, 2, DIM)
+    assert cost["selector_ms_per_image"] > 0
+    assert cost["selector_share_of_forward_flops"] == pytest.approx(
+        cost["selector_gflops_per_image"] / report["gflops_per_image"])
+    assert "selector" not in benchmark(tiny_model(), image_size=IMAGE, **QUICK)
 
 
 def test_flops_of_a_method_passing_parameters_between_modules():

@@ -69,6 +69,17 @@ class SelectsRegions(Protocol):
     def selection_flops(self, image_size: tuple[int, int]) -> int: ...
 
 
+@runtime_checkable
+class SelectsTokens(Protocol):
+    """A token or region selector that reads attention maps or tokens (TransFG's PSM, FFVT's MAWS,
+    GLSim's GLS, attention rollout), costed by `fgir bench` through `fgir.tools.selector_cost`."""
+
+    def selector_shape(self) -> tuple[str, int, int, int, int]:
+        """(selector name in `fgir.tools.selector_cost.SELECTORS`, tokens, heads, maps or layers
+        read, token width) at the image size the backbone was built for."""
+        ...
+
+
 def extra_loss(model: object, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | None:
     return model.extra_loss(logits, targets) if isinstance(model, HasExtraLoss) else None
 

@@ -55,6 +55,7 @@ def check_tokens_per_layer(count: int, patches: int | None) -> None:
 
 class FFVT(PartFusionClassifier):
     method = "ffvt"
+    selector = "maws"
 
     def __init__(self, backbone: Backbone, num_classes: int, config: FFVTConfig, zero_init_head: bool = True):
         check_tokens_per_layer(config.tokens_per_layer, backbone.grid_size[0] * backbone.grid_size[1])

@@ -118,13 +118,18 @@ def embed_with_cls(backbone: Backbone, images: torch.Tensor, cls_token: torch.Te
     return vit.norm_pre(vit.patch_drop(tokens))
 
 
-def selection_flops(num_patches: int, dim: int, similarity: str, crop_size: tuple[int, int], channels: int = 3) -> int:
-    """FLOPs of GLSim's selection for one image, counted by hand (FlopCounterMode sees neither the
-    element-wise similarity nor the resize). Similarity: cosine takes a dot product and a patch norm
-    per patch plus the global token's norm, 2 FLOPs per element each: 2 * D * (2N + 1); l1 and l2
-    take a difference, an abs or square and a sum: 3 * N * D. Bilinear resize of the crop: 4
-    multiply-adds per output value, 8 * C * H * W. Top-O and the box are comparisons, not FLOPs."""
+def gls_score_flops(num_patches: int, dim: int, similarity: str) -> int:
+    """FLOPs of the GLS scores of one image, counted by hand (FlopCounterMode sees no element-wise
+    op). Cosine: per patch a dot product and a squared norm (D multiplies and D - 1 adds each), a
+    square root, a multiply of the two norms and a divide; the global token's squared norm and its
+    root once: N (4D + 1) + 2D in all. l1 and l2: a difference, an abs or square and a sum per element: 3 N D."""
     if similarity not in SIMILARITIES:
         raise ValueError(f"unknown GLS similarity '{similarity}' (known: {', '.join(SIMILARITIES)})")
-    scores = 2 * dim * (2 * num_patches + 1) if similarity == "cosine" else 3 * num_patches * dim
-    return scores + 8 * channels * crop_size[0] * crop_size[1]
+    return num_patches * (4 * dim + 1) + 2 * dim if similarity == "cosine" else 3 * num_patches * dim
+
+
+def selection_flops(num_patches: int, dim: int, similarity: str, crop_size: tuple[int, int], channels: int = 3) -> int:
+    """FLOPs of GLSim's selection for one image, counted by hand: the GLS scores (`gls_score_flops`)
+    and the bilinear resize of the crop, 4 multiply-adds per output value, 8 * C * H * W. Top-O and
+    the box are comparisons, not counted here."""
+    return gls_score_flops(num_patches, dim, similarity) + 8 * channels * crop_size[0] * crop_size[1]

@@ -100,6 +100,12 @@ class GLSim(nn.Module):
         """What `select` reads from the first pass: the tokens after the final norm."""
         return self.backbone.forward_features(images)
 
+    def selector_shape(self) -> tuple[str, int, int, int, int]:
+        """GLS compares the last layer's CLS with every patch: ("gls", tokens, heads, 1, width)."""
+        grid = self.backbone.grid_size
+        return ("gls", grid[0] * grid[1] + self.backbone.num_prefix_tokens, self.backbone.blocks[0].attn.num_heads,
+                1, self.backbone.embed_dim)
+
     def selection_flops(self, image_size: tuple[int, int]) -> int:
         """FLOPs of the selection step for one image (`fgir.models.gls.selection_flops`)."""
         patches = self.backbone.grid_for(*image_size)

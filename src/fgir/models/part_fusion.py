@@ -40,6 +40,7 @@ class PartFusionClassifier(FrozenBackboneModel):
     first. `norm` follows the fusion block (the backbone's final norm unless a subclass brings its own)."""
 
     method: str = ""
+    selector: str = ""  # the selector's name for `fgir bench` (fgir.tools.selector_cost)
 
     def __init__(self, backbone: Backbone, num_classes: int, config: FreezableConfig, zero_init_head: bool = True,
                  norm: nn.Module | None = None):
@@ -61,6 +62,12 @@ class PartFusionClassifier(FrozenBackboneModel):
 
     def select(self, layers: list[torch.Tensor], scores: list[torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
+
+    def selector_shape(self) -> tuple[str, int, int, int, int]:
+        """The selector reads the maps of blocks 0..L-2: (name, tokens, heads, L - 1, width)."""
+        grid = self.backbone.grid_size
+        return (self.selector, grid[0] * grid[1] + self.backbone.num_prefix_tokens,
+                self.backbone.blocks[0].attn.num_heads, self.backbone.num_blocks - 1, self.backbone.embed_dim)
 
     def encode(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """(the tokens leaving each of blocks 0..L-2, their attention scores before the softmax)."""

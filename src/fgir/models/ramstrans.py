@@ -141,6 +141,12 @@ class RAMSTrans(FrozenBackboneModel):
         return Explanation(output.logits, output.scores, output.boxes, output.crops, selected=self.config.top_k,
                            score_name=self.score_name)
 
+    def selector_shape(self) -> tuple[str, int, int, int, int]:
+        """The rollout reads the maps of all L blocks: ("rollout", tokens, heads, L, width)."""
+        grid = self.backbone.grid_size
+        return ("rollout", grid[0] * grid[1] + self.backbone.num_prefix_tokens,
+                self.backbone.blocks[0].attn.num_heads, self.backbone.num_blocks, self.backbone.embed_dim)
+
     def selection_flops(self, image_size: tuple[int, int]) -> int:
         """FLOPs of the selection step for one image (`rollout_selection_flops`)."""
         grid = self.backbone.grid_for(*image_size)

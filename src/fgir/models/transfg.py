@@ -101,6 +101,7 @@ def use_overlapping_patches(backbone: Backbone, stride: int) -> None:
 
 class TransFG(PartFusionClassifier):
     method = "transfg"
+    selector = "psm"
 
     def __init__(self, backbone: Backbone, num_classes: int, config: TransFGConfig, zero_init_head: bool = True):
         if config.overlap_stride:

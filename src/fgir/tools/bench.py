@@ -92,6 +92,7 @@ def benchmark(
         "params_total": sum(p.numel() for p in model.parameters()),
         "params_trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "gflops_per_image": gflops,
+        "gmacs_per_image": gflops / 2,  # the papers' "FLOPs": multiply-accumulates
         "batch_size": batch_size,
         "infer_img_per_s": inference,
         "latency_ms_batch1": latency,
@@ -110,7 +111,24 @@ def benchmark(
     }
     if isinstance(model, SelectsRegions):
         report["glsim_selection"] = selection_cost(model, images, torch_device, warmup, iters)
+    selector = selector_summary(model, warmup, iters, torch_device, gflops)
+    if selector is not None:
+        report["selector"] = selector
     return report
+
+
+def selector_summary(model: nn.Module, warmup: int, iters: int, device: torch.device,
+                     model_gflops: float) -> dict[str, Any] | None:
+    """The cost of a model's token or region selector (TransFG's PSM, FFVT's MAWS, GLSim's GLS,
+    attention rollout) for one image, as `fgir.tools.selector_cost` counts it and times it on random
+    inputs of the model's shapes (batch 1: the maps of a batch would take B times the memory), with
+    its share of the model's forward FLOPs; None for a model without one."""
+    from fgir.tools.selector_cost import selector_report  # it builds on this module's timers
+
+    report = selector_report(model, warmup, iters, device)
+    if report is None:
+        return None
+    return {**report, "selector_share_of_forward_flops": report["selector_gflops_per_image"] / model_gflops}
 
 
 @torch.inference_mode()
@@ -130,6 +148,7 @@ def selection_cost(model: SelectsRegions, images: torch.Tensor, device: torch.de
     return {
         "selection_gflops_per_image": selection / 1e9,
         "encoder_pass_gflops_per_image": encoder_flops / 1e9,
+        "encoder_pass_gmacs_per_image": encoder_flops / 2e9,
         "selection_ms": selection_ms,
         "encoder_pass_ms": encoder_ms,
         "selection_time_share": selection_ms / encoder_ms,
@@ -173,7 +192,8 @@ def benchmark_checkpoint(path: str | os.PathLike, weights: str | os.PathLike | N
 
 
 def count_flops(model: nn.Module, image_size: int, device: torch.device) -> int:
-    """Forward FLOPs of one image (2 per multiply-accumulate, as FlopCounterMode counts).
+    """Forward FLOPs of one image (2 per multiply-accumulate, as FlopCounterMode counts; the papers'
+    "FLOPs" are multiply-accumulates, half this).
 
     Attention runs through the math SDPA backend here: its matmuls are counted on every device,
     while the fused CPU kernel is not in FlopCounterMode's registry and would count as zero.

@@ -1,4 +1,6 @@
-"""The papers' published top-1 accuracies, as data: what `fgir results` puts beside a run's number.
+"""The papers' published top-1 accuracies, as data: what `fgir results` puts beside a run's number;
+and their published costs (selector FLOPs, throughput, trainable parameters), what
+`benchmarks/cost_tables.py` puts beside fgir's.
 
 Sources (top-1 %, test split):
 - GLSim, Rios et al., arXiv:2407.12891, Table 4: ten datasets at 224 px, ViT-B/16 backbones and
@@ -97,3 +99,36 @@ def paper_result(dataset: str, method: str, backbone: str, image_size: int, sett
                 and backbone.startswith(result.backbone):
             return result
     return None
+
+
+# --- published costs ------------------------------------------------------------------------------
+# GLSim (arXiv:2407.12891) Table 1: selector cost on ViT-B/16 in MFLOPs at 224, 448, 768 and 1024 px;
+# the paper's own percentage of the backbone where it prints one. Its selector formulas count each
+# multiply and each add once, its backbone (the percentages' base) is counted in multiply-accumulates.
+GLSIM_SELECTOR_SIZES = (224, 448, 768, 1024)
+GLSIM_SELECTOR_MFLOPS = {
+    "psm": [8.2e3, 6.2e5, 1.5e7, 9.1e7],
+    "rollout": [1.7e2, 1.1e4, 2.7e5, 1.5e6],
+    "maws": [0.13, 0.53, 1.5, 2.7],
+    "gls": [0.45, 1.8, 5.3, 9.4],
+}
+GLSIM_SELECTOR_PERCENT = {
+    "psm": [46.5, 781, 5065, 13674],
+    "rollout": [0.98, 13.6, 91, 229],
+    "maws": [None, None, None, None],
+    "gls": [0.0026, 0.0023, None, 0.0014],
+}
+# GLSim's CUB accuracy / throughput figure: images per second on one GPU, read off a bar chart
+# (+-5 img/s), keyed by model.method (cnn: ResNet-101; cal: CAL on ResNet-101).
+GLSIM_THROUGHPUT = {
+    224: {"vit": 440, "glsim": 330, "transfg": 335, "ffvt": 410, "cal": 127, "cnn": 445},
+    448: {"vit": 120, "glsim": 65, "transfg": 38, "ffvt": 82, "cal": 43, "cnn": 226},
+}
+# ILA (arXiv:2409.11051) Table 1: TTP, trainable parameters summed over the five ILA_DATASETS, in millions.
+ILA_TTP = {
+    ("linear", "frozen"): 1.7, ("mpncov", "frozen"): 4.9, ("vit_ifa", "frozen"): 1.7, ("transfg", "frozen"): 37.2,
+    ("ffvt", "frozen"): 37.2, ("cal", "frozen"): 55.6, ("ramstrans", "frozen"): 1.7, ("glsim", "frozen"): 37.2,
+    ("vqt", "frozen"): 106.0, ("vpt_shallow", "frozen"): 2.1, ("vpt_deep", "frozen"): 6.3, ("convpass", "frozen"): 3.4,
+    ("adapter", "frozen"): 3.3, ("transfg", "full"): 434.3, ("simtrans", "full"): 497.0, ("csdnet", "full"): 432.0,
+    ("ila_plus", "frozen"): 2.6, ("ila_pp", "frozen"): 3.5,
+}

@@ -33,6 +33,7 @@ class RunCost:
     test_top1: float
     trainable_params: int
     gflops_per_image: float
+    gmacs_per_image: float  # the papers' "FLOPs": multiply-accumulates, half the FLOPs
 
 
 def run_cost(run_dir: str | os.PathLike) -> RunCost:
@@ -48,7 +49,8 @@ def run_cost(run_dir: str | os.PathLike) -> RunCost:
     config = checkpoint.config
     model = build_model(config.model, len(checkpoint.class_names), config.data.image_size, pretrained=False)
     flops = count_flops(model, config.data.image_size, torch.device("cpu"))
-    return RunCost(run_dir.name, config.model.method, config.data.image_size, top1, trainable, flops / 1e9)
+    return RunCost(run_dir.name, config.model.method, config.data.image_size, top1, trainable, flops / 1e9,
+                   flops / 2e9)
 
 
 def tradeoff_plot(run_dirs: list[str | os.PathLike], out: str | os.PathLike) -> tuple[list[RunCost], Path]:
@@ -64,7 +66,7 @@ def tradeoff_plot(run_dirs: list[str | os.PathLike], out: str | os.PathLike) -> 
         axes.scatter(cost.gflops_per_image, cost.test_top1, s=40 + 2000 * cost.trainable_params / largest, alpha=0.5)
         axes.annotate(f"{cost.method}\n{cost.trainable_params / 1e6:.2f} M", (cost.gflops_per_image, cost.test_top1),
                       ha="center", va="center", fontsize=8)
-    axes.set(xlabel="GFLOPs per image (forward)", ylabel="test top-1 (%)",
+    axes.set(xlabel="GFLOPs per image (forward; GMACs = GFLOPs / 2)", ylabel="test top-1 (%)",
              title="accuracy vs compute; bubble area = trainable parameters")
     axes.grid(alpha=0.3)
     out = save_figure(figure, out)
