@@ -43,7 +43,7 @@ from fgir.models.gls import (
 )
 from fgir.models.glsim import GLSimOutput
 from fgir.models.heads import LinearHead
-from fgir.models.layers.attention_rollout import attention_rollout
+from fgir.models.layers.attention_rollout import attention_rollout, rollout_flops
 from fgir.models.peft.freezing import FrozenBackboneModel
 
 
@@ -63,17 +63,10 @@ class RAMSTransConfig(FreezableConfig):
 
 def rollout_selection_flops(tokens: int, blocks: int, heads: int, crop_size: tuple[int, int],
                             channels: int = 3) -> int:
-    """FLOPs of the rollout selection for one image, counted by hand, for S tokens (prefix tokens
-    included), L blocks and H heads. Per block: the head average, H * S^2 (H - 1 additions and a
-    division per entry); the identity, S^2 additions (the whole matrix is added); the row
-    normalisation, S(S - 1) additions for the row sums and S^2 divisions. Between blocks: L - 1
-    products of S x S matrices, 2 * S^3 each (a multiply and an add per term, as
-    torch.utils.flop_counter counts them). The crop's bilinear resize: 8 * C * H * W (4
-    multiply-adds per output value). The top-k and the box are comparisons, not FLOPs."""
-    square = tokens * tokens
-    per_block = heads * square + square + tokens * (tokens - 1) + square
-    products = (blocks - 1) * 2 * tokens ** 3
-    return blocks * per_block + products + 8 * channels * crop_size[0] * crop_size[1]
+    """FLOPs of the rollout selection for one image: the rollout over L blocks of S tokens and H heads
+    (`rollout_flops`) and the crop's bilinear resize, 8 * C * H * W (4 multiply-adds per output
+    value). The top-k and the box are comparisons, not FLOPs."""
+    return rollout_flops(tokens, heads, blocks) + 8 * channels * crop_size[0] * crop_size[1]
 
 
 class RAMSTrans(FrozenBackboneModel):

@@ -30,6 +30,8 @@ from fgir.methods.capabilities import SelectsTokens
 from fgir.models.ffvt import maws_scores
 from fgir.models.gls import gls_score_flops, gls_scores
 from fgir.models.layers.attention_rollout import attention_rollout
+from fgir.models.layers.attention_rollout import rollout_flops as layer_rollout_flops
+from fgir.models.layers.attention_rollout import rollout_matmul_flops as layer_rollout_matmul_flops
 from fgir.models.transfg import select_parts
 from fgir.tools.bench import median_ms
 
@@ -61,14 +63,12 @@ def maws_flops(tokens: int, heads: int, layers: int, dim: int) -> int:
 
 def rollout_matmul_flops(tokens: int, heads: int, layers: int) -> int:
     """The `layers - 1` products of the (T, T) head-averaged maps: 2 T^3 each."""
-    return (layers - 1) * 2 * tokens**3
+    return layer_rollout_matmul_flops(tokens, layers)
 
 
 def rollout_flops(tokens: int, heads: int, layers: int, dim: int) -> int:
-    """Per block: mean over the heads (H per entry), add the identity and divide by the row sums
-    (T^2 adds, T (T - 1) for the sums, T^2 divides); then the products."""
-    per_layer = heads * tokens**2 + tokens**2 + tokens * (tokens - 1) + tokens**2
-    return layers * per_layer + rollout_matmul_flops(tokens, heads, layers)
+    """`fgir.models.layers.attention_rollout.rollout_flops` (the width does not enter)."""
+    return layer_rollout_flops(tokens, heads, layers)
 
 
 def gls_flops(tokens: int, heads: int, layers: int, dim: int) -> int:

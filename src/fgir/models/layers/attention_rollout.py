@@ -21,3 +21,17 @@ def rollout_of_mixed(mixed: list[torch.Tensor]) -> torch.Tensor:
     if rolled is None:
         raise ValueError("attention rollout needs the maps of at least one block")
     return rolled
+
+
+def rollout_matmul_flops(tokens: int, layers: int) -> int:
+    """The `layers - 1` products of the (T, T) head-averaged maps: 2 T^3 each (a multiply and an
+    add per term, as torch.utils.flop_counter counts them)."""
+    return (layers - 1) * 2 * tokens**3
+
+
+def rollout_flops(tokens: int, heads: int, layers: int) -> int:
+    """FLOPs of one image's rollout, counted by hand. Per block: mean over the heads (H per entry),
+    add the identity and divide by the row sums (T^2 adds, T (T - 1) for the sums, T^2 divides);
+    then the products."""
+    per_layer = heads * tokens**2 + tokens**2 + tokens * (tokens - 1) + tokens**2
+    return layers * per_layer + rollout_matmul_flops(tokens, layers)
