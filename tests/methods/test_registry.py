@@ -3,6 +3,7 @@ when a config loads), configs written before methods owned their sections, and a
 another package through the `fgir.methods` entry-point group."""
 
 import importlib
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -32,9 +33,10 @@ def built_in_listing() -> dict[str, list[str]]:
     """{module: the methods its line in fgir/methods/builtin.py says it registers}."""
     listing = {}
     for line in (Path(builtin.__file__)).read_text().splitlines():
-        if line.startswith("import fgir.models."):
-            module, names = line.removeprefix("import ").split("  # ")
-            listing[module] = [name.strip() for name in names.split(",")]
+        if line.startswith('    "fgir.models.'):
+            module, names = line.strip().split(",  # ")
+            listing[module.strip('"')] = [name.strip() for name in names.split(",")]
+    assert list(listing) == list(builtin.MODULES)
     return listing
 
 
@@ -59,6 +61,13 @@ def test_every_built_in_method_is_registered_once_in_its_own_module():
     assert method_names() == [name for names in listing.values() for name in names]
     for module, names in listing.items():
         assert {get_method(name).build.__module__ for name in names} == {module}
+
+
+def test_the_order_is_the_listing_whatever_module_was_imported_first():
+    code = ("import fgir.models.peft.lora, fgir.models.glsim\n"
+            "from fgir.methods import method_names\nprint(','.join(method_names()))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().split(",") == [name for names in built_in_listing().values() for name in names]
 
 
 def test_a_registered_method_builds_and_a_name_is_taken_once(registry):

@@ -71,7 +71,13 @@ def _load() -> None:
     if _loaded:
         return
     _loaded = True
-    import fgir.methods.builtin  # noqa: F401  (registers on import)
+    from fgir.methods.builtin import MODULES
+
+    # A test or a user may import a method module before the registry loads: order by the listing.
+    rank = {module: index for index, module in enumerate(MODULES)}
+    ordered = sorted(_METHODS.values(), key=lambda spec: rank.get(spec.build.__module__, len(rank)))
+    _METHODS.clear()
+    _METHODS.update((spec.name, spec) for spec in ordered)
 
     for point in entry_points(group=ENTRY_POINT_GROUP):
         try:

@@ -1,21 +1,28 @@
-"""The methods fgir ships: one import per method module; each registers itself at its bottom, in
-this order (the order of `method_names()`)."""
-# ruff: noqa: I001, F401
+"""The methods fgir ships: one line per method module, naming what it registers; each module
+registers itself at its bottom, and `method_names()` lists the built-ins in this order whatever
+imported them first."""
 
-import fgir.models.classifier  # vit
-import fgir.models.glsim  # glsim
-import fgir.models.ifa  # vit_ifa
-import fgir.models.peft.linear_probe  # linear
-import fgir.models.peft.adapters  # adapter, convpass
-import fgir.models.ila  # ila, ila_plus, ila_pp
-import fgir.models.peft.vpt  # vpt_shallow, vpt_deep
-import fgir.models.peft.lora  # lora
-import fgir.models.peft.bitfit  # bitfit
-import fgir.models.cnn  # cnn
-import fgir.models.mpncov  # mpncov
-import fgir.models.vqt  # vqt
-import fgir.models.transfg  # transfg
-import fgir.models.ffvt  # ffvt
-import fgir.models.ramstrans  # ramstrans
-import fgir.models.simtrans  # simtrans
-import fgir.models.cal  # cal, cal_cnn
+import importlib
+
+MODULES = (
+    "fgir.models.classifier",  # vit
+    "fgir.models.glsim",  # glsim
+    "fgir.models.ifa",  # vit_ifa
+    "fgir.models.peft.linear_probe",  # linear
+    "fgir.models.peft.adapters",  # adapter, convpass
+    "fgir.models.ila",  # ila, ila_plus, ila_pp
+    "fgir.models.peft.vpt",  # vpt_shallow, vpt_deep
+    "fgir.models.peft.lora",  # lora
+    "fgir.models.peft.bitfit",  # bitfit
+    "fgir.models.cnn",  # cnn
+    "fgir.models.mpncov",  # mpncov
+    "fgir.models.vqt",  # vqt
+    "fgir.models.transfg",  # transfg
+    "fgir.models.ffvt",  # ffvt
+    "fgir.models.ramstrans",  # ramstrans
+    "fgir.models.simtrans",  # simtrans
+    "fgir.models.cal",  # cal, cal_cnn
+)
+
+for _module in MODULES:
+    importlib.import_module(_module)

@@ -82,7 +82,9 @@ def polar_graph(weights: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Ten
     d_row = (row[None] - row[anchor][:, None]) / rows
     d_col = (col[None] - col[anchor][:, None]) / rows
     distance = torch.sqrt(d_row**2 + d_col**2)
-    angle = (torch.atan2(d_col, d_row) / math.pi + 1) / 2
+    # atan2(+0, x < 0) is pi; the ONNX export of atan2 gives -pi there, so that ray is set explicitly.
+    radians = torch.where((d_col == 0) & (d_row < 0), math.pi, torch.atan2(d_col, d_row))
+    angle = (radians / math.pi + 1) / 2
     return torch.stack([distance, angle], dim=-1) * kept[..., None], node_weights, anchor
 
 

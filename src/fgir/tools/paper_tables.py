@@ -79,7 +79,7 @@ ILA_ROWS = {  # method, setting, then one value per ILA_DATASETS entry
 
 PAPER_RESULTS: list[PaperResult] = [
     *_table(GLSIM, "vit_base_patch16", 224, "full", ["vit", "transfg", "ffvt", "glsim"], GLSIM_DATASETS),
-    *[PaperResult(dataset, "cal", "resnet101", 224, "full", value, GLSIM) for dataset, value in GLSIM_CAL.items()],
+    *[PaperResult(dataset, "cal_cnn", "resnet101", 224, "full", value, GLSIM) for dataset, value in GLSIM_CAL.items()],
     PaperResult("cub", "vit", "vit_base_patch16", 448, "full", 91.85, GLSIM_FIGURE, approximate=True),
     PaperResult("cub", "glsim", "vit_base_patch16", 448, "full", 92.1, GLSIM_FIGURE, approximate=True),
     *[PaperResult(dataset, method, "vit_base_patch16", 448, setting, value, ILA)

@@ -26,6 +26,8 @@ ANIMESION_RECIPES = {("dafre_faces", "vit_ifa"): "dafre_faces/animesion_vit_l16_
                      ("moeimouto", "vit"): "moeimouto/animesion_vit_b32"}
 ANIMESION_MODELS = {"vit_ifa": "L_16 --interm_features_fc True", "cnn": "resnet18", "vit": "B_32"}
 ANIMESION_DATASETS = {"dafre_faces": "danbooruFaces", "moeimouto": "moeImouto"}
+# Methods whose recipe file is not named after model.method.
+RECIPE_METHODS = {"cal_cnn": "cal_resnet101"}
 # Methods whose full fine-tuning recipe also trains on a frozen backbone with one key.
 FROZEN_SWITCHES = {"transfg": "model.transfg.frozen=true", "ffvt": "model.ffvt.frozen=true"}
 
@@ -43,7 +45,8 @@ def recipe_for(result: PaperResult) -> tuple[str | None, list[str]]:
     """The recipe name and overrides that train this published row's kind of run (None: none does)."""
     if result.source == ANIMESION:
         return ANIMESION_RECIPES[(result.dataset, result.method)], []
-    name = f"{result.dataset}/{result.method}" + ("_448" if result.image_size == 448 else "")
+    method = RECIPE_METHODS.get(result.method, result.method)
+    name = f"{result.dataset}/{method}" + ("_448" if result.image_size == 448 else "")
     if not is_recipe_name(name):
         return None, []
     if setting_of(name) == result.setting:
@@ -117,8 +120,8 @@ ILA table were run at the lr the paper swept for each (0.3 ... 0.003 on train ->
 RECIPE` does that sweep and retrains the chosen lr on train_val; the recipes otherwise use ILA's 0.1.
 The reference README gives the command of ILA++ only; the other baselines take their own flags of
 `fgir_vit/other_utils/build_args.py`. moeImouto's Animesion number is a ViT-B/32 transferred from
-DAF:re faces. "not in fgir": the method (CAL, RAMS-Trans, SIM-Trans, CSDNet) or that setting of it
-(GLSim or the IFA head on a frozen backbone) has no fgir recipe.
+DAF:re faces. "not in fgir": the method (CSDNet) or that setting of it (GLSim or the IFA head on a
+frozen backbone) has no fgir recipe.
 
 | paper, table | dataset | method | size | setting | paper top-1 | reference command | fgir command |
 |---|---|---|---|---|---|---|---|
