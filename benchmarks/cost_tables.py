@@ -107,7 +107,7 @@ THROUGHPUT_MODELS = [  # (label, paper key, recipe, overrides)
     ("GLSim", "glsim", "cub/glsim", []),
     ("TransFG (overlap stride 12)", "transfg", "cub/transfg", ["model.transfg.overlap_stride=12"]),
     ("FFVT", "ffvt", "cub/ffvt", []),
-    ("CAL (ResNet-101)", "cal", "cub/cal", ["model.backbone=resnet101"]),
+    ("CAL (ResNet-101)", "cal", "cub/cal_resnet101", []),
     ("ResNet-101", "cnn", "cub/vit", ["model.method=cnn", "model.backbone=resnet101"]),
 ]
 
@@ -177,6 +177,7 @@ ILA_MODELS = [  # (label, paper key (method, setting), recipe method, overrides)
     ("ConvPass", ("convpass", "frozen"), "convpass", []),
     ("Adapter (ADPT)", ("adapter", "frozen"), "adapter", []),
     ("TransFG* full", ("transfg", "full"), "transfg", []),
+    ("SIM-Trans* full", ("simtrans", "full"), "simtrans", []),
     ("ILA+", ("ila_plus", "frozen"), "ila_plus", []),
     ("ILA++", ("ila_pp", "frozen"), "ila_pp", []),
 ]

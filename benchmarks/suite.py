@@ -46,7 +46,7 @@ from fgir.data import build_dataset, build_loader, build_transform, read_image
 from fgir.data.cache import cache_image
 from fgir.data.transforms import resize_size
 from fgir.fileio import atomic_write_text
-from fgir.methods import build_model, method_names
+from fgir.methods import build_model, get_method, method_names
 from fgir.models.backbone import Backbone
 from fgir.models.gls import crop_and_resize, gls_scores, selection_flops
 from fgir.tools.attention import attention_rollout
@@ -223,12 +223,15 @@ def photo_rates(photos: Path, limit: int, scratch: Path, quick: bool,
 # --- models -----------------------------------------------------------------------------------
 
 def model_rows(backbone: str, image_sizes: list[int], methods: list[str], batch_size: int, warmup: int, iters: int,
-               peak_gflops: float | None, compile: bool = False, device: str = "cpu") -> list[dict]:
+               peak_gflops: float | None, compile: bool = False, device: str = "cpu",
+               cnn_backbone: str = "resnet101") -> list[dict]:
     rows = []
     for image_size in image_sizes:
         plain_time = None
         for method in methods:
-            config = model_config(method, backbone=backbone, pretrained=False)
+            # Methods with a network of their own (cnn, cal_cnn) run on the CNN of GLSim's table.
+            network = cnn_backbone if get_method(method).own_network else backbone
+            config = model_config(method, backbone=network, pretrained=False)
             try:
                 # A process of its own per model: its peak memory is not hidden by pages an earlier
                 # model left to the allocator.
@@ -375,6 +378,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small ViT, fewer repeats")
     parser.add_argument("--parts", nargs="+", default=["peak", "decode", "pipeline", "models", "growth", "eval"])
     parser.add_argument("--backbone", default=None, help="default: vit_base_patch16_224 (vit_tiny_patch16_224 with --quick)")
+    parser.add_argument("--cnn-backbone", default="resnet101", help="the network of cnn and cal_cnn in the model table")
     parser.add_argument("--sizes", type=int, nargs="+", default=None, help="model table image sizes (default 224)")
     parser.add_argument("--methods", nargs="+", default=None, help="default: every registered method")
     parser.add_argument("--batch-size", type=int, default=8)
@@ -417,7 +421,7 @@ def main() -> None:
             methods = args.methods or method_names()
             methods = ["vit", *[m for m in methods if m != "vit"]]
             results["models"] = model_rows(backbone, args.sizes or [224], methods, args.batch_size, args.warmup,
-                                           args.iters, peak, args.compile, args.device)
+                                           args.iters, peak, args.compile, args.device, args.cnn_backbone)
         if "growth" in args.parts:
             sizes = [224, 320] if args.quick else [224, 320, 448, 640]
             results["growth"] = growth_rows(backbone, sizes, args.quick)
