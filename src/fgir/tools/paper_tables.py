@@ -82,6 +82,11 @@ PAPER_RESULTS: list[PaperResult] = [
     *[PaperResult(dataset, "cal_cnn", "resnet101", 224, "full", value, GLSIM) for dataset, value in GLSIM_CAL.items()],
     PaperResult("cub", "vit", "vit_base_patch16", 448, "full", 91.85, GLSIM_FIGURE, approximate=True),
     PaperResult("cub", "glsim", "vit_base_patch16", 448, "full", 92.1, GLSIM_FIGURE, approximate=True),
+    PaperResult("cub", "transfg", "vit_base_patch16", 448, "full", 91.7, GLSIM_FIGURE, approximate=True),
+    PaperResult("cub", "ffvt", "vit_base_patch16", 448, "full", 91.6, GLSIM_FIGURE, approximate=True),
+    PaperResult("cub", "cnn", "resnet101", 224, "full", 82.7, GLSIM_FIGURE, approximate=True),
+    PaperResult("cub", "cnn", "resnet101", 448, "full", 86.4, GLSIM_FIGURE, approximate=True),
+    PaperResult("cub", "cal_cnn", "resnet101", 448, "full", 90.9, GLSIM_FIGURE, approximate=True),
     *[PaperResult(dataset, method, "vit_base_patch16", 448, setting, value, ILA)
       for (method, setting), values in ILA_ROWS.items()
       for dataset, value in zip(ILA_DATASETS, values, strict=True)],

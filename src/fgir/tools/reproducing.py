@@ -27,7 +27,7 @@ ANIMESION_RECIPES = {("dafre_faces", "vit_ifa"): "dafre_faces/animesion_vit_l16_
 ANIMESION_MODELS = {"vit_ifa": "L_16 --interm_features_fc True", "cnn": "resnet18", "vit": "B_32"}
 ANIMESION_DATASETS = {"dafre_faces": "danbooruFaces", "moeimouto": "moeImouto"}
 # Methods whose recipe file is not named after model.method.
-RECIPE_METHODS = {"cal_cnn": "cal_resnet101"}
+RECIPE_METHODS = {"cal_cnn": "cal_resnet101", "cnn": "resnet101"}
 # Methods whose full fine-tuning recipe also trains on a frozen backbone with one key.
 FROZEN_SWITCHES = {"transfg": "model.transfg.frozen=true", "ffvt": "model.ffvt.frozen=true"}
 
@@ -66,6 +66,8 @@ def setting_of(recipe: str) -> str:
 
 def reference_command(result: PaperResult) -> str:
     if result.source in (GLSIM, GLSIM_FIGURE):
+        if result.method == "cnn":
+            return "ResNet-101 (the reference README gives no command)"
         if result.method not in GLSIM_MODELS:
             return "arkel23/GLSim: `--model_name cal` (ResNet-101)"
         name = GLSIM_CONFIG_NAMES.get(result.dataset, result.dataset)
