@@ -108,7 +108,7 @@ THROUGHPUT_MODELS = [  # (label, paper key, recipe, overrides)
     ("TransFG (overlap stride 12)", "transfg", "cub/transfg", ["model.transfg.overlap_stride=12"]),
     ("FFVT", "ffvt", "cub/ffvt", []),
     ("CAL (ResNet-101)", "cal", "cub/cal_resnet101", []),
-    ("ResNet-101", "cnn", "cub/vit", ["model.method=cnn", "model.backbone=resnet101"]),
+    ("ResNet-101", "cnn", "cub/resnet101", []),
 ]
 
 

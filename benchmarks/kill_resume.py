@@ -131,14 +131,18 @@ def kill_point(process: subprocess.Popen, run_dir: Path, rng: random.Random, sta
     to one step's time after this attempt's first checkpoint (so every attempt makes progress and
     kills land in steps, checkpoint writes and validation alike); sometimes during start-up, while
     the checkpoint is being restored."""
-    if rng.random() < START_UP_KILLS:
-        try:
-            process.wait(timeout=rng.uniform(0.5, startup))
-            return False
-        except subprocess.TimeoutExpired:
-            return True
     last = run_dir / "checkpoints" / "last.safetensors"
     before = _identity(last)
+    if rng.random() < START_UP_KILLS:
+        deadline = time.perf_counter() + rng.uniform(0.5, startup)
+        while time.perf_counter() < deadline:
+            if process.poll() is not None:
+                return False
+            if _identity(last) not in (before, None):
+                break  # started sooner than the reference run did (a lighter load): kill in a step instead
+            time.sleep(0.005)
+        else:
+            return True
     while process.poll() is None and _identity(last) in (before, None):
         time.sleep(0.005)  # atomic writes replace the file: a new identity is this attempt's checkpoint
     try:

@@ -2,7 +2,7 @@
 argparse's usage and one line) and exit status 2, never a traceback."""
 
 import io
-import os
+import random
 from importlib.metadata import version
 
 import pytest
@@ -161,10 +161,12 @@ def test_a_file_where_a_data_folder_is_expected(checkpoint, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("content, reason", [
-    (os.urandom(4096), "not a file written by torch.save (it does not unpickle)"),
+    (random.Random(0).randbytes(4096), "not a file written by torch.save (it does not unpickle)"),
+    # A pickle header over random bytes: the weights-only unpickler fails inside (IndexError here).
+    (b"\x80\x02" + random.Random(2).randbytes(64), "not a file written by torch.save (it does not unpickle)"),
     (b"", "not a readable torch.save file (EOFError: the file ends early)"),
     (b"plain text, not a checkpoint", "not a file written by torch.save (it does not unpickle)"),
-], ids=["random-bytes", "empty", "text"])
+], ids=["random-bytes", "pickle-header", "empty", "text"])
 def test_convert_glsim_reference_on_a_file_that_is_no_checkpoint(tmp_path, capsys, content, reason):
     source = tmp_path / "release.pth"
     source.write_bytes(content)

@@ -15,6 +15,7 @@ import argparse
 import os
 import pickle
 import re
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,19 +70,20 @@ def read_release(src: Path, release: str) -> dict[str, Any]:
     if not src.is_file():
         raise ConversionError(f"reference checkpoint not found: {src}")
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # garbage reads as odd pickle protocols; the error says enough
             payload = torch.load(src, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        foreign = _foreign_globals(src)
+    except (RuntimeError, EOFError, SafetensorError) as err:  # torch.load's errors for damaged or foreign files
+        reason = str(err).splitlines()[0] if str(err) else "the file ends early"
+        raise ConversionError(f"{src}: not a readable torch.save file ({type(err).__name__}: {reason})") from None
+    except Exception as err:  # noqa: BLE001 - on garbage the unpickler fails as it may (IndexError, KeyError, ...)
+        foreign = _foreign_globals(src) if isinstance(err, pickle.UnpicklingError) else []
         if foreign or "Unsupported global" in str(err):
             raise ConversionError(
                 f"{src}: refused to load: it holds objects other than tensors and an argparse.Namespace"
                 f"{' (' + ', '.join(foreign) + ')' if foreign else ''}, which could run code"
             ) from None
         raise ConversionError(f"{src}: not a file written by torch.save (it does not unpickle)") from None
-    except (RuntimeError, EOFError, SafetensorError) as err:  # torch.load's errors for damaged or foreign files
-        reason = str(err).splitlines()[0] if str(err) else "the file ends early"
-        raise ConversionError(f"{src}: not a readable torch.save file ({type(err).__name__}: {reason})") from None
     if not isinstance(payload, dict) or not {"config", "model"} <= payload.keys():
         raise ConversionError(f"{src}: expected a dict with 'config' and 'model' ({release} checkpoint)")
     if not isinstance(payload["config"], argparse.Namespace):
