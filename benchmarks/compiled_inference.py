@@ -57,7 +57,7 @@ def main() -> None:
         models["onnxruntime"] = onnx_model(eager, args.image_size)
     fractions: dict[str, list[float]] = {name: [] for name in models}
     for round_index in range(args.rounds):
-        peak = matmul_peak(quick=False)["float32_gflops"]
+        peak = matmul_peak(quick=False, dtypes=("float32",))["float32_gflops"]  # the models run in float32
         line = [f"round {round_index + 1}: peak {peak:.1f} GFLOP/s"]
         for name, model in models.items():
             with torch.inference_mode():

@@ -85,13 +85,16 @@ def median_of(run: Callable[[], object], repeats: int) -> float:
 
 # --- peak -------------------------------------------------------------------------------------
 
-def matmul_peak(quick: bool, device: str = "cpu") -> dict[str, float]:
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def matmul_peak(quick: bool, device: str = "cpu", dtypes: tuple[str, ...] = tuple(DTYPES)) -> dict[str, float]:
     """GFLOP/s of large square matmuls: the bound every model figure is compared with. On a GPU
     the matrices are larger (a 2048 matmul is over in microseconds there) and float32 means true
     float32 (torch's default: TF32 off), as the models run unless told otherwise."""
     n = (1024 if quick else 2048) if device == "cpu" else 8192
     result = {}
-    for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
+    for name, dtype in ((name, DTYPES[name]) for name in dtypes):
         a, b = (torch.randn(n, n, dtype=dtype, device=device) for _ in range(2))
         try:
             seconds = best_of(lambda a=a, b=b: (torch.mm(a, b), synchronize(a.device)), 3 if quick else 10)
